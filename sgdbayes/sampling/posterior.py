@@ -1,0 +1,210 @@
+"""Temperature-1 posterior SGLD (Welling & Teh 2011) from given start weights.
+
+SCIENCE.md §5 ("Bayesian references", 1)::
+
+    Δw = −(ε/2) [ n ∇L_B(w) + ω w ] + N(0, ε I)
+
+on the full training loss (minibatch gradients of the mean loss L_B scaled by
+the training-set size n, i.e. nβ = n / T with temperature T = 1), no
+localization. ω is an optional Gaussian prior precision (default 0: flat
+prior, as in the paper). Paper settings: 1000 samples, 200 burn-in steps,
+10 steps between samples, ε = 1e-5, batch 128.
+
+Samples are the weights at the draw steps of :class:`~sgdbayes.sampling.sgld.DrawSchedule`
+(the weights whose loss is recorded), returned stacked as
+``[chains, samples, P]`` for clustering in function space. The loss trace is
+the *full-data* loss at each sample (``record="full"``, default) or the
+minibatch loss (``"batch"``, cheaper). Diagnostics per chain and per group of
+chains: split-R̂ (rank-normalized, Vehtari et al. 2021) and ESS (Geyer's initial
+positive sequence) of the loss trace.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .diagnostics import ess, split_rhat
+from .sgld import (
+    ChainStreams,
+    DrawSchedule,
+    MLPPotential,
+    SGLDConfig,
+    _check_int,
+    _check_pos_float,
+    chain_seeds,
+    check_weights,
+    run_chains,
+)
+
+__all__ = ["PosteriorConfig", "PosteriorResult", "sample_posterior"]
+
+
+@dataclass(frozen=True)
+class PosteriorConfig:
+    """Settings of posterior SGLD (validated). Defaults = paper (SCIENCE.md §5)."""
+
+    step_size: float = 1e-5
+    num_samples: int = 1000
+    num_burnin_steps: int = 200
+    num_steps_bw_samples: int = 10
+    batch_size: Optional[int] = 128
+    temperature: float = 1.0
+    weight_decay: float = 0.0
+    chains_per_start: int = 1
+    seed: int = 0
+    record: str = "full"
+    keep_samples: bool = True
+
+    def __post_init__(self):
+        _check_pos_float("step_size (epsilon)", self.step_size)
+        _check_pos_float("temperature", self.temperature)
+        _check_pos_float("weight_decay", self.weight_decay, allow_zero=True)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, 1)
+        _check_int("chains_per_start", self.chains_per_start, 1)
+        _check_int("seed", self.seed, 0)
+        if self.record not in ("full", "batch"):
+            raise ValueError(f"record must be 'full' or 'batch', got {self.record!r}")
+        DrawSchedule(self.num_samples, self.num_burnin_steps, self.num_steps_bw_samples)
+
+    @property
+    def schedule(self) -> DrawSchedule:
+        return DrawSchedule(self.num_samples, self.num_burnin_steps, self.num_steps_bw_samples)
+
+    def kernel(self, n: int) -> SGLDConfig:
+        return SGLDConfig(step_size=self.step_size, nbeta=n / self.temperature, localization=0.0,
+                          weight_decay=self.weight_decay, noise_level=1.0)
+
+
+@dataclass
+class PosteriorResult:
+    """Posterior samples and diagnostics.
+
+    samples ``[chains, samples, P]`` (None if ``keep_samples=False``; NaN rows
+    after a divergence), loss_traces ``[chains, samples]``, start_index
+    ``[chains]`` (which start each chain came from), start_ids, groups
+    ``[chains]`` (group label per chain), diverged ``[chains]``, rhat/ess per
+    chain (split-R̂ of one chain = its two halves), and per group (all valid
+    chains of the group together).
+    """
+
+    samples: Optional[Tensor]
+    loss_traces: np.ndarray
+    start_index: np.ndarray
+    start_ids: np.ndarray
+    groups: np.ndarray
+    diverged: np.ndarray
+    rhat_chain: np.ndarray
+    ess_chain: np.ndarray
+    group_diagnostics: "object"
+    config: PosteriorConfig
+    nbeta: float
+    n_train: int
+    wall_s: float
+
+    @property
+    def n_chains(self) -> int:
+        return int(self.loss_traces.shape[0])
+
+    def valid_samples(self) -> Tensor:
+        """Samples of non-diverged chains only, ``[valid_chains, samples, P]``."""
+        if self.samples is None:
+            raise ValueError("samples were not kept (keep_samples=False)")
+        return self.samples[torch.as_tensor(~self.diverged)]
+
+    def chain_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame({
+            "chain": np.arange(self.n_chains), "start_index": self.start_index,
+            "start_id": self.start_ids[self.start_index], "group": self.groups,
+            "diverged": self.diverged, "rhat": self.rhat_chain, "ess": self.ess_chain,
+            "mean_loss": np.nanmean(self.loss_traces, axis=1) if self.loss_traces.size else [],
+        })
+
+    def summary(self) -> str:
+        c = self.config
+        lines = [
+            "Posterior SGLD (Welling & Teh, temperature "
+            f"{c.temperature:g}: dw = -(eps/2) n grad L_B + N(0, eps)), n={self.n_train}, nbeta={self.nbeta:g}",
+            f"  eps={c.step_size:g} samples={c.num_samples} burn-in={c.num_burnin_steps} "
+            f"steps/sample={c.num_steps_bw_samples} batch={c.batch_size} weight_decay={c.weight_decay:g} "
+            f"loss trace={c.record} wall={self.wall_s:.1f}s",
+            f"  chains={self.n_chains} diverged={int(self.diverged.sum())} (excluded from group diagnostics)",
+            "  per group: " + self.group_diagnostics.to_string(index=False, float_format=lambda v: f"{v:.3g}"),
+        ]
+        return "\n".join(lines)
+
+
+def sample_posterior(w_start: Tensor, potential=None, *, spec=None, data=None,
+                     config: Optional[PosteriorConfig] = None, start_ids: Optional[Sequence[int]] = None,
+                     groups: Optional[Sequence] = None) -> PosteriorResult:
+    """Temperature-1 SGLD chains from each row of ``w_start [S, P]``.
+
+    Give either ``potential`` (a batched potential, see
+    :mod:`sgdbayes.sampling.sgld`) or ``spec`` + ``data`` (an MLPSpec and
+    ``(x, y)`` / Dataset / DataLoader). ``config.chains_per_start`` chains start
+    from each row (rows ``s * chains_per_start + j``). ``start_ids`` (default
+    0..S-1, e.g. the SGD seeds) seed the chains' streams, so a chain does not
+    depend on what else runs with it. ``groups`` labels each start (e.g. its
+    SGD cluster); diagnostics are reported per group of chains.
+    """
+    config = config if config is not None else PosteriorConfig()
+    if not isinstance(config, PosteriorConfig):
+        raise ValueError(f"config must be a PosteriorConfig, got {type(config).__name__}")
+    check_weights(w_start, "w_start")
+    if potential is None:
+        if spec is None or data is None:
+            raise ValueError("give potential=, or spec= and data=")
+        from .llc import dataset_tensors
+
+        x, y = dataset_tensors(data)
+        potential = MLPPotential(spec, x, y)
+    if hasattr(potential, "n_params") and w_start.shape[1] != potential.n_params:
+        raise ValueError(f"w_start has P = {w_start.shape[1]} columns but the model has {potential.n_params}")
+    S, P = w_start.shape
+    J = config.chains_per_start
+    if start_ids is None:
+        start_ids = list(range(S))
+    start_ids = [int(s) for s in start_ids]
+    if len(start_ids) != S:
+        raise ValueError(f"start_ids has {len(start_ids)} entries for {S} starts")
+    if groups is None:
+        groups = [0] * S
+    groups = np.asarray(list(groups))
+    if groups.shape != (S,):
+        raise ValueError(f"groups must have one label per start ({S}), got shape {groups.shape}")
+    n = int(potential.n)
+    kernel = config.kernel(n)
+    t0 = time.perf_counter()
+    w0 = w_start.detach().repeat_interleave(J, dim=0)
+    streams = ChainStreams(chain_seeds(config.seed, start_ids, J), n=n, batch_size=config.batch_size,
+                           n_params=P, device=w_start.device, dtype=w_start.dtype)
+    run = run_chains(potential, w0, kernel, config.schedule, streams, record_weights=config.keep_samples,
+                     record_full_loss=(config.record == "full"))
+    traces = (run.full_losses if config.record == "full" else run.losses).cpu().numpy().astype(np.float64)
+    diverged = run.diverged.cpu().numpy()
+    start_index = np.repeat(np.arange(S), J)
+    chain_groups = groups[start_index]
+    rhat_c = np.array([split_rhat(t) if not d else np.nan for t, d in zip(traces, diverged)])
+    ess_c = np.array([ess(t) if not d else np.nan for t, d in zip(traces, diverged)])
+    import pandas as pd
+
+    rows = []
+    for g in pd.unique(chain_groups):
+        sel = (chain_groups == g) & ~diverged
+        tr = traces[sel]
+        rows.append(dict(group=g, n_chains=int((chain_groups == g).sum()), n_valid=int(sel.sum()),
+                         rhat=split_rhat(tr) if sel.any() else np.nan,
+                         ess=ess(tr) if sel.any() else np.nan,
+                         mean_loss=float(tr.mean()) if sel.any() else np.nan))
+    return PosteriorResult(samples=run.weights, loss_traces=traces, start_index=start_index,
+                           start_ids=np.asarray(start_ids), groups=chain_groups, diverged=diverged,
+                           rhat_chain=rhat_c, ess_chain=ess_c, group_diagnostics=pd.DataFrame(rows),
+                           config=config, nbeta=kernel.nbeta, n_train=n, wall_s=time.perf_counter() - t0)

@@ -1,0 +1,2 @@
+"""Study pipelines: one module per study, each with ``STAGES`` and ``write_report``
+(see :mod:`sgdbayes.runner.orchestrate`)."""

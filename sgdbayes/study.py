@@ -1,0 +1,115 @@
+"""Run a declared study end to end and write its report.
+
+    python -m sgdbayes.study posterior_concentration            # paper preset, 500 seeds
+    python -m sgdbayes.study posterior_concentration --preset quick
+    python -m sgdbayes.study posterior_concentration --preset paper --preset chains4
+    python -m sgdbayes.study posterior_concentration --set llc.num_draws=2000 --seeds 100
+    python -m sgdbayes.study --list
+
+Exit status: 0 on success, 2 for a usage/configuration error (unknown study,
+preset or key, wrong value type), 1 if a stage fails (finished stages stay
+cached; rerunning resumes from the first unfinished stage).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from .runner.config import ConfigError, list_studies, load_study
+
+_EPILOG = """\
+configuration:
+  Each study is declared in studies/NAME.toml (shipped as sgdbayes/studies/NAME.toml):
+  a [base] table with every key and its default, and [presets.*] tables that override it.
+  Resolution: base <- --preset (in order) <- --seeds <- --set (in order). Keys and value
+  types are checked against [base]; errors list the valid choices and exit with status 2.
+
+cache:
+  Finished stages are saved atomically under <cache>/<hash>/<stage>/, where <hash> is a
+  sha256 of the resolved configuration without presentational keys (report.*) and without
+  the device. With the default output the cache is reports/NAME/cache/ (git-ignored); with
+  --out DIR it is DIR/cache/. Rerunning loads finished stages (seconds); an interrupted run
+  resumes at the first unfinished stage; --force recomputes every stage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sgdbayes.study",
+        description="Run an sgdbayes study (train -> llc -> cluster -> sgld -> analysis) and write "
+                    "its report (report.md, results.json, figures/).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("study", nargs="?", help="study name, e.g. posterior_concentration (see --list)")
+    p.add_argument("--list", action="store_true", help="list the studies and their presets, then exit")
+    p.add_argument("--preset", action="append", metavar="NAME", default=None,
+                   help="preset to apply over the base table (default: the study's default, 'paper'). "
+                        "Repeat or comma-separate to stack presets, applied in order "
+                        "(e.g. --preset paper,chains4)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], dest="sets",
+                   help="override one configuration key; VALUE uses TOML syntax "
+                        "(0.1, 100, true, [64,64], \"text\"; a bare word is read as a string). Repeatable")
+    p.add_argument("--seeds", type=int, metavar="N", default=None,
+                   help="number of SGD seeds in the ensemble (sets the study's seeds key, e.g. train.seeds)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to compute: auto = cuda when available, else cpu (default: auto). "
+                        "Not part of the cache key; recorded in the report")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output directory for report.md, results.json and figures/ "
+                        "(default: reports/NAME/ for the default preset, reports/NAME/variants/<label>/ "
+                        "otherwise); the cache goes to DIR/cache/ when --out is given")
+    p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
+    return p
+
+
+def _list_text() -> str:
+    lines = []
+    for name in list_studies():
+        try:
+            decl = load_study(name)
+        except ConfigError as exc:  # one broken declaration must not hide the others
+            lines.append(f"{name}: (invalid declaration: {exc})")
+            continue
+        lines.append(f"{name}: {decl.title}")
+        for pname in sorted(decl.presets, key=lambda n: (n != decl.default_preset, n)):
+            pre = decl.presets[pname]
+            mark = " (default)" if pname == decl.default_preset else ""
+            desc = textwrap.shorten(pre.description or "-", 100)
+            lines.append(f"  --preset {pname}{mark}: {desc}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list:
+            print(_list_text())
+            return 0
+        if not args.study:
+            raise ConfigError(f"no study given; valid studies: {', '.join(list_studies())}")
+        presets = None
+        if args.preset:
+            presets = [p.strip() for chunk in args.preset for p in chunk.split(",") if p.strip()]
+        from .runner.orchestrate import resolve_device, run_study
+
+        try:
+            resolve_device(args.device)
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
+        result = run_study(args.study, presets=presets, sets=args.sets, seeds=args.seeds,
+                           device=args.device, out=args.out, force=args.force)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished stages are cached, rerun to resume", file=sys.stderr)
+        return 130
+    print(f"Report: {result.report}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""posterior_concentration end to end on the `quick` preset: interruption + resume, cache,
+report contents, and every number of the report's main tables against results.json."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from sgdbayes.pipelines import posterior_concentration as pc
+from sgdbayes.runner.orchestrate import Stage, run_study
+
+PC = "posterior_concentration"
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick computation, interrupted in the sgld stage, then resumed, then rerun from cache."""
+    out = tmp_path_factory.mktemp("pc_quick")
+    logs: list[str] = []
+    mp = pytest.MonkeyPatch()
+
+    def boom(ctx):
+        raise _Interrupt("simulated kill during sgld")
+
+    mp.setattr(pc, "STAGES", [Stage(s.name, boom if s.name == "sgld" else s.run, s.description)
+                              for s in pc.STAGES])
+    with pytest.raises(_Interrupt):
+        run_study(PC, ["quick"], out=out, device="cpu", log=logs.append)
+    mp.undo()
+    first_logs = list(logs)
+    logs.clear()
+    resumed = run_study(PC, ["quick"], out=out, device="cpu", log=logs.append)
+    resumed_logs = list(logs)
+    logs.clear()
+    cached = run_study(PC, ["quick"], out=out, device="cpu", log=logs.append)
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    return dict(out=out, first_logs=first_logs, resumed=resumed, resumed_logs=resumed_logs, cached=cached,
+                cached_logs=list(logs), results=results, report=report)
+
+
+# --------------------------------------------------------------------------- resume / cache
+
+def test_interrupted_run_resumes_from_last_finished_stage(quick_run):
+    r = quick_run["resumed"]
+    assert r.loaded == ["train", "llc", "cluster"]  # finished before the interruption: loaded
+    assert r.computed == ["sgld", "analysis"]  # the interrupted stage and everything after it
+    assert any("FAILED" in line for line in quick_run["first_logs"])
+    assert any("[1/5 train] loaded from cache" in line for line in quick_run["resumed_logs"])
+
+
+def test_rerun_loads_everything_and_prints_report_path(quick_run):
+    c = quick_run["cached"]
+    assert c.computed == [] and c.loaded == ["train", "llc", "cluster", "sgld", "analysis"]
+    assert c.cache_dir == quick_run["resumed"].cache_dir
+    assert any(str(quick_run["out"] / "report.md") in line for line in quick_run["cached_logs"])
+
+
+# --------------------------------------------------------------------------- content
+
+def test_results_have_everything_the_report_needs(quick_run):
+    res = quick_run["results"]
+    cfg = res["config"]
+    assert cfg["train"]["seeds"] == 40 and res["ensemble"]["n_runs"] == 40
+    assert 0 <= res["ensemble"]["n_pass"] <= 40
+    # LLC: nβ = B / log B for B = 128, negatives counted
+    assert res["llc"]["nbeta"] == pytest.approx(128 / math.log(128))
+    assert res["llc"]["n_negative"] == int(res["llc"]["n_negative"]) >= 0
+    # Table 2: both references, against tempered and raw SGD, four metrics, intervals bracket estimates
+    keys = {(t["reference"], t["target"], t["metric"]) for t in res["table2"]}
+    for ref in ("SGLD", "free energy"):
+        for tgt in ("tempered SGD", "raw SGD"):
+            for m in ("kl", "kl_smoothed", "js", "w1"):
+                assert (ref, tgt, m) in keys
+    for t in res["table2"]:
+        lo, hi = t["ci"]
+        if t["metric"] == "js":
+            assert 0 <= t["estimate"] <= math.log(2) + 1e-9
+            assert 0 <= lo <= hi <= math.log(2) + 1e-9
+        assert t["equivalent"] == (t["upper"] is not None and float(t["upper"]) < cfg["analysis"]["margin"])
+    # paper Table 2 values sit beside the SGLD-vs-tempered rows only
+    paper_rows = [t for t in res["table2"] if t["paper"] is not None]
+    assert {(t["reference"], t["target"]) for t in paper_rows} == {("SGLD", "tempered SGD")}
+    assert {t["metric"]: t["paper"] for t in paper_rows} == {"kl": 0.009, "js": 0.003, "w1": 0.002}
+    # distributions are distributions
+    d = res["distributions"]
+    for key in ("P_sgd", "P_sgld", "P_F", "P_temp"):
+        assert sum(d[key]) == pytest.approx(1.0, abs=1e-9)
+    assert sum(d["counts_sgd"]) == res["ensemble"]["n_used"]
+    # ξ sweep, SGLD diagnostics, verdicts
+    assert res["xi"]["grid_points"] == cfg["tempering"]["xi_points"] == 25
+    assert res["xi"]["grid_min"] <= res["xi"]["xi_star"] <= res["xi"]["grid_max"]
+    sg = res["sgld"]
+    assert sg["n_chains"] == 3 and sg["samples_per_chain"] == 60
+    assert len(sg["rhat_chain"]) == 3 and len(sg["ess_chain"]) == 3
+    assert sg["samples_left_seed_cluster"] == sum(sg["left_seed_cluster"])
+    assert sg["restates_seeding"] == (sg["samples_left_seed_cluster"] == 0)
+    ids = [(h["id"], h["claim"]) for h in res["hypotheses"]]
+    assert [i for i, _ in ids] == ["H4", "H4", "H5", "H5"]
+    for h in res["hypotheses"]:
+        assert h["verdict"].split(":")[0] in {"supported", "not supported", "inconclusive", "untestable",
+                                               "λ̂ differs between clusters (p < 0.05)",
+                                               "no detectable λ̂ difference between clusters (p ≥ 0.05)"}
+    # the structure test is reported and the fallback is labelled
+    st = res["structure"]
+    assert st["partition_kind"] in ("hdbscan", "gmm_fallback")
+    if st["partition_kind"] == "gmm_fallback":
+        assert st["partition_label"] == "partition without separated basins"
+        assert "partition without separated basins" in quick_run["report"]
+
+
+def test_figures_exist(quick_run):
+    out = quick_run["out"]
+    figs = quick_run["results"]["figures"]
+    assert len(figs) == 7
+    for f in figs:
+        p = out / f
+        assert p.is_file() and p.stat().st_size > 5000
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({f})" in quick_run["report"]  # every figure is shown in the report
+
+
+# --------------------------------------------------------------------------- numbers in the text
+
+def _num(s: str):
+    s = s.strip()
+    if s in ("—", "n/a", ""):
+        return None
+    if s == "∞":
+        return math.inf
+    return float(s)
+
+
+def _ci(s: str):
+    s = s.strip()
+    if s in ("—", "n/a"):
+        return None
+    m = re.fullmatch(r"\[(.+), (.+)\]", s)
+    assert m, s
+    return [_num(m.group(1)), _num(m.group(2))]
+
+
+def _section_table(report: str, heading: str) -> list[list[str]]:
+    lines = report[report.index(heading):].splitlines()[1:]
+    rows, started = [], False
+    for line in lines:
+        if line.startswith("|"):
+            started = True
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif started:
+            break
+    assert rows, heading
+    return rows[2:]  # drop header + separator
+
+
+def _close(shown, stored, rel=1e-3):
+    if isinstance(stored, str):  # "inf" / "-inf" in results.json
+        stored = float(stored)
+    if stored is None or (isinstance(stored, float) and math.isnan(stored)):
+        return shown is None
+    if shown is None:
+        return False
+    return shown == pytest.approx(stored, rel=rel, abs=1e-12)
+
+
+def test_report_numbers_match_results_json(quick_run):
+    res, rep = quick_run["results"], quick_run["report"]
+    # verdict table
+    rows = _section_table(rep, "## Verdicts")
+    assert len(rows) == len(res["hypotheses"])
+    for row, h in zip(rows, res["hypotheses"]):
+        assert row[0] == h["id"] and row[6] == h["verdict"]
+        assert _close(_num(row[3]), h["value"])
+        ci = _ci(row[4])
+        if h["ci"][0] is None:
+            assert ci is None
+        else:
+            assert _close(ci[0], h["ci"][0]) and _close(ci[1], h["ci"][1])
+        p = row[5].split(" (")[0]
+        assert _close(_num(p), h["pvalue"])
+    # Table 2
+    rows = _section_table(rep, "### Table 2")
+    assert len(rows) == len(res["table2"])
+    for row, t in zip(rows, res["table2"]):
+        assert (row[0], row[1]) == (t["reference"], t["target"])
+        assert _close(_num(row[3]), t["estimate"])
+        ci = _ci(row[4])
+        if ci is None:  # an undefined (NaN) endpoint shows the interval as "—"
+            assert None in t["ci"]
+        else:
+            assert _close(ci[0], t["ci"][0]) and _close(ci[1], t["ci"][1])
+        assert _close(_num(row[5]), t["upper"])
+        assert row[6] == ("yes" if t["equivalent"] else "no")
+        assert _close(_num(row[7]), t["paper"])
+    # cluster table
+    rows = _section_table(rep, "### Clusters")
+    assert len(rows) == len(res["clusters"])
+    for row, c in zip(rows, res["clusters"]):
+        assert row[0] == c["name"] and int(row[1]) == c["n"]
+        for col, key in ((2, "P_sgd"), (5, "llc_c"), (11, "P_temp"), (12, "P_sgld"), (13, "P_F")):
+            assert _close(_num(row[col]), c[key]), (key, row[col], c[key])
+    # ξ* and the negative-λ̂ count in the prose
+    rows = _section_table(rep, "### ξ sweep")
+    assert _close(_num(rows[0][1]), res["xi"]["xi_star"])
+    m = re.search(r"Negative λ̂: (\d+) of (\d+)", rep)
+    assert m and int(m.group(1)) == res["llc"]["n_negative"] and int(m.group(2)) == res["ensemble"]["n_runs"]
+    # nβ is stated
+    assert f"nβ = {res['llc']['nbeta']:.4g}" in rep
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+def test_convergence_filter_relative_plateau():
+    steps = np.arange(1, 101)
+    flat = np.full(100, 0.3)
+    falling = 1.0 - 0.005 * steps  # drop over last 10 steps = 0.05 around 0.5 level -> ~10 %
+    rel, passed = pc.convergence_filter(steps, np.stack([flat, falling, flat * np.nan]), 0.1, 0.01)
+    assert rel[0] == pytest.approx(0.0, abs=1e-12) and passed[0]
+    assert rel[1] == pytest.approx(0.005 * 10 / np.mean(falling[steps >= 90]), rel=1e-6) and not passed[1]
+    assert not passed[2]
+
+
+def test_sgld_seeding_ranks_loss_and_llc_and_skips_negative_llc():
+    loss = np.array([0.1, 0.2, 0.3, 0.05, 0.4])
+    llc = np.array([0.5, 0.1, 0.2, -1.0, 0.3])
+    labels = np.array([0, 0, 1, 1, 1])
+    pick, how = pc.select_sgld_starts(loss, llc, labels, 2, "lowest", [0, 1])
+    # ranks (eligible: 0,1,2,4): loss 1,2,3,4; llc 4,1,2,3 -> scores 5,3,5,7 -> 1, then 0 (tie with 2, lower loss)
+    assert pick.tolist() == [1, 0] and "λ̂ ≤ 0 excluded" in how
+    pick, how = pc.select_sgld_starts(loss, llc, labels, 2, "per_cluster", [0, 1, -1])
+    assert pick.tolist() == [1, 2] and "one chain per cluster" in how

@@ -1,0 +1,210 @@
+"""Runner: study/preset/key validation, CLI exit codes, cache key, stage caching."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from sgdbayes import study as cli
+from sgdbayes.runner import cache as cache_mod
+from sgdbayes.runner.config import (
+    ConfigError,
+    config_hash,
+    list_studies,
+    load_study,
+    parse_set,
+    resolve_config,
+)
+from sgdbayes.runner.orchestrate import Stage, run_study
+
+PC = "posterior_concentration"
+
+
+# --------------------------------------------------------------------------- config
+
+def test_study_is_shipped_and_paper_is_default():
+    assert PC in list_studies()
+    decl = load_study(PC)
+    assert decl.default_preset == "paper"
+    assert {"paper", "quick", "converged", "chains4"} <= set(decl.presets)
+    cfg = resolve_config(decl)  # paper preset == the paper's hyperparameters
+    assert cfg["train"]["seeds"] == 500 and cfg["train"]["steps"] == 800
+    assert cfg["train"]["lr"] == 0.01 and cfg["train"]["batch_size"] == 128
+    assert cfg["data"]["n"] == 512 and cfg["data"]["noise"] == 0.2
+    assert cfg["model"]["hidden"] == [64, 64]
+    assert cfg["llc"] == {**cfg["llc"], "epsilon": 1e-5, "gamma": 100.0, "num_draws": 400,
+                          "num_chains": 1, "num_burnin": 0, "steps_bw_draws": 1}
+    assert cfg["sgld"]["num_samples"] == 1000 and cfg["sgld"]["burnin"] == 200
+    assert cfg["sgld"]["thin"] == 10 and cfg["sgld"]["epsilon"] == 1e-5
+
+
+def test_presets_stack_and_set_overrides_in_order():
+    decl = load_study(PC)
+    cfg = resolve_config(decl, ["paper", "chains4"], ["llc.num_chains=2", "train.lr=0.1",
+                                                     "model.hidden=[8, 8]", "sgld.seeding=per_cluster"],
+                         seeds=7)
+    assert cfg["llc"]["num_chains"] == 2
+    assert cfg["train"]["lr"] == 0.1 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["model"]["hidden"] == [8, 8]
+    assert cfg["sgld"]["seeding"] == "per_cluster"
+    assert cfg["train"]["seeds"] == 7
+    # integer accepted for a float key, coerced
+    assert resolve_config(decl, sets=["train.lr=1"])["train"]["lr"] == 1.0
+
+
+def test_parse_set_uses_toml_syntax():
+    assert parse_set("a.b=0.5") == ("a.b", 0.5)
+    assert parse_set("a.b=true") == ("a.b", True)
+    assert parse_set('a.b="x y"') == ("a.b", "x y")
+    assert parse_set("a.b=[1,2]") == ("a.b", [1, 2])
+    assert parse_set("a.b=word") == ("a.b", "word")
+    with pytest.raises(ConfigError):
+        parse_set("novalue")
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(presets=["nope"]), ["unknown preset 'nope'", "quick", "paper", "chains4"]),
+    (dict(sets=["train.lrr=1"]), ["unknown configuration key 'train.lrr'", "train.lr", "llc.num_draws"]),
+    (dict(sets=["train.lr=fast"]), ["expects a float"]),
+    (dict(sets=["train.seeds=1.5"]), ["expects a integer"]),
+    (dict(sets=["sgld.seeding=random"]), ["must be one of", "lowest", "per_cluster"]),
+])
+def test_invalid_choices_list_valid_ones(kwargs, expected):
+    decl = load_study(PC)
+    with pytest.raises(ConfigError) as exc:
+        resolve_config(decl, **kwargs)
+    for e in expected:
+        assert e in str(exc.value)
+
+
+def test_unknown_study_lists_studies():
+    with pytest.raises(ConfigError, match=f"valid studies: .*{PC}"):
+        load_study("posterior_concentrashun")
+
+
+def test_hash_ignores_presentational_keys_but_not_seeds():
+    decl = load_study(PC)
+    h = lambda cfg: config_hash(cfg, decl.presentational, study=PC)  # noqa: E731
+    base = resolve_config(decl)
+    assert h(base) == h(resolve_config(decl, sets=["report.dpi=300"]))
+    assert h(base) != h(resolve_config(decl, seeds=499))
+    assert h(base) != h(resolve_config(decl, sets=["llc.num_draws=401"]))
+    assert h(base) == h(resolve_config(decl, ["paper"]))  # the paper preset is the base
+
+
+# --------------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize("argv, needle", [
+    (["nope"], "valid studies: "),
+    ([PC, "--preset", "fast"], "valid presets: chains4, converged"),
+    ([PC, "--set", "llc.draws=10"], "valid keys: analysis."),
+    ([PC, "--set", "llc.num_draws"], "expects key=value"),
+])
+def test_cli_errors_exit_2_without_traceback(argv, needle, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+    if "studies" in needle:
+        assert PC in err
+    assert "Traceback" not in err
+
+
+def test_cli_subprocess_error_and_list():
+    r = subprocess.run([sys.executable, "-m", "sgdbayes.study", PC, "--preset", "bogus"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "valid presets" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sgdbayes.study", "--list"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert f"{PC}:" in r.stdout and "--preset paper (default)" in r.stdout and "--preset quick" in r.stdout
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ["--preset", "--set", "--seeds", "--device", "--out", "--force", "--list", "cache"]:
+        assert opt in out
+
+
+# --------------------------------------------------------------------------- cache + stages (stub pipeline)
+
+def _stub_pipeline(monkeypatch, calls, fail_at=None):
+    mod = types.ModuleType("sgdbayes_stub_pipeline")
+
+    def make(name):
+        def run(ctx):
+            calls.append(name)
+            if name == fail_at:
+                raise RuntimeError(f"boom in {name}")
+            prev = sum(float(ctx[s]["value"]) for s in ctx.outputs)
+            return {"value": prev + 1.0, "arr": np.arange(3) * (len(ctx.outputs) + 1)}
+        return run
+
+    mod.STAGES = [Stage(n, make(n), n) for n in ("train", "llc", "cluster")]
+
+    def write_report(ctx):
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        p = ctx.out_dir / "report.md"
+        p.write_text(f"value={ctx['cluster']['value']}\n")
+        return p
+
+    mod.write_report = write_report
+    monkeypatch.setitem(sys.modules, "sgdbayes_stub_pipeline", mod)
+    real = load_study
+
+    def fake_load(name):
+        import dataclasses
+        return dataclasses.replace(real(name), pipeline="sgdbayes_stub_pipeline")
+
+    monkeypatch.setattr("sgdbayes.runner.orchestrate.load_study", fake_load)
+
+
+def test_cache_resume_and_force(tmp_path, monkeypatch):
+    calls: list = []
+    _stub_pipeline(monkeypatch, calls, fail_at="cluster")
+    with pytest.raises(RuntimeError, match="boom in cluster"):
+        run_study(PC, ["quick"], out=tmp_path, log=lambda s: None)
+    assert calls == ["train", "llc", "cluster"]
+    calls.clear()
+    _stub_pipeline(monkeypatch, calls)  # the failure is fixed: resume
+    r = run_study(PC, ["quick"], out=tmp_path, log=lambda s: None)
+    assert calls == ["cluster"] and r.loaded == ["train", "llc"] and r.computed == ["cluster"]
+    assert (tmp_path / "report.md").read_text() == "value=4.0\n"  # 1 + 2 + ... cumulative values
+    np.testing.assert_array_equal(cache_mod.StageCache(r.cache_dir).load("llc")["arr"], [0, 2, 4])
+    calls.clear()
+    r2 = run_study(PC, ["quick"], out=tmp_path, log=lambda s: None)
+    assert calls == [] and r2.loaded == ["train", "llc", "cluster"] and r2.cache_dir == r.cache_dir
+    calls.clear()
+    run_study(PC, ["quick"], out=tmp_path, force=True, log=lambda s: None)
+    assert calls == ["train", "llc", "cluster"]
+    # a different configuration gets its own cache directory
+    calls.clear()
+    r3 = run_study(PC, ["quick"], sets=["llc.num_draws=7"], out=tmp_path, log=lambda s: None)
+    assert calls == ["train", "llc", "cluster"] and r3.cache_dir != r.cache_dir
+    cfg = json.loads((r3.cache_dir / "config.json").read_text())
+    assert cfg["config"]["llc"]["num_draws"] == 7 and "report.dpi" not in cfg["hashed"]
+    # no temporaries left behind
+    assert not list(r.cache_dir.glob(".*tmp*"))
+
+
+def test_interrupted_stage_leaves_no_partial_output(tmp_path):
+    c = cache_mod.StageCache(tmp_path / "h")
+    c.prepare({}, {})
+    c.save("a", {"x": np.ones(2), "meta": {"k": 1}}, {"wall_s": 0.1})
+    assert c.is_done("a") and c.load("a")["meta"] == {"k": 1}
+    (tmp_path / "h" / ".b.tmp-123").mkdir()  # what a killed save leaves
+    assert not c.is_done("b")
+    c.prepare({}, {})
+    assert not (tmp_path / "h" / ".b.tmp-123").exists()
+
+
+def test_jsonable_handles_numpy_and_nan():
+    out = cache_mod.to_jsonable({"a": np.float32(1.5), "b": np.array([1, 2]), "c": float("nan"),
+                                 "d": (np.int64(3), np.bool_(True)), "e": [np.inf, -np.inf]})
+    assert out == {"a": 1.5, "b": [1, 2], "c": None, "d": [3, True], "e": ["inf", "-inf"]}

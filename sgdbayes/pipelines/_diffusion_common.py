@@ -1,0 +1,412 @@
+"""Shared per-run code of the three diffusion studies (anomalous_diffusion, spectral_dimension,
+ablations): data, training cells with LLC along training, per-run diffusion fits, hypothesis
+rows and the held-out displacement prediction (H7).
+
+Formulas (paper equation numbers; SCIENCE.md §2-4):
+
+* displacement R(t) = ||w_t - w_0||_2 over all trainable parameters, t = optimizer steps;
+* eq 17: log R(t) = alpha log t + c with alpha = d_s / (2 lambda); so d_s = 2 lambda alpha and
+  d_walk = 1/alpha = 2 lambda / d_s (eq 12); fitted by :func:`sgdbayes.stats.fit_diffusion`
+  (Prais-Winsten AR(1) GLS with a bootstrap-t calibrated standard error, on points evenly
+  spaced in log t; whole range = the paper's fit, late window = after the two-segment
+  crossover t_c of App B.3);
+* se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2 (delta method);
+* final lambda = mean of the last ``last`` LLC estimates along training (App G.1), se = their
+  std / sqrt(count) (autocorrelated estimates: optimistic); lambda_bar = mean of all estimates
+  (Cor 3.3, H3), se likewise.
+
+Nothing here reads a study configuration directly: every function takes explicit arguments or
+one of the frozen settings dataclasses below, so the pipelines pass typed values, not dicts.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = [
+    "FitSettings", "LLCSettings", "CellSpec", "set_threads", "load_study_data", "parse_layers",
+    "train_cell", "llc_summaries", "fit_runs", "hypothesis_rows", "h7_prediction", "bootstrap_ci",
+    "stats_of", "mean_ci",
+]
+
+
+# --------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How each run's displacement curve is fitted (see :func:`sgdbayes.stats.fit_diffusion`)."""
+
+    method: str = "ar1-boot"    # interval method for alpha
+    n_boot: int = 199           # bootstrap-t / crossover bootstrap resamples per run
+    n_grid: int = 64            # points evenly spaced in log t
+    level: float = 0.95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LLCSettings:
+    """LLC along training (eq 25 estimator, Table 3 kernel) every ``every`` steps."""
+
+    every: int
+    epsilon: float
+    gamma: float
+    num_chains: int
+    num_draws: int
+    num_burnin: int
+    steps_bw_draws: int
+    batch_size: int
+    nbeta: str
+    seed: int
+    last: int                  # final lambda = mean of the last `last` estimates (App G.1: 10)
+
+    def config(self):
+        from ..sampling import LLCConfig
+
+        return LLCConfig(step_size=self.epsilon, localization=self.gamma, nbeta=self.nbeta,
+                         batch_size=self.batch_size, num_chains=self.num_chains, num_draws=self.num_draws,
+                         num_burnin_steps=self.num_burnin, num_steps_bw_draws=self.steps_bw_draws,
+                         seed=self.seed)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One training configuration (an ensemble of seeds sharing everything else)."""
+
+    hidden: tuple
+    optimizer: str            # "sgd" or "adam"
+    lr: float
+    momentum: float
+    batch_size: int
+    steps: int
+    seeds: tuple
+    record_every: int
+    record_log_points: int = 100
+
+
+def set_threads(n: int, device: str) -> None:
+    """torch intra-op threads on CPU (0 = leave torch's default).
+
+    Measured on the 2-core machines this runs on while other jobs share the cores: a batched
+    matmul took 16 ms with 2 threads and 1.3 ms with 1 (oversubscription), hence default 1.
+    """
+    if device == "cpu" and n > 0:
+        torch.set_num_threads(int(n))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+
+# --------------------------------------------------------------------------- data
+
+@lru_cache(maxsize=4)
+def _load_cached(name: str, path: str, seed: int, subset: int, train_fraction: float, mnist1d_samples: int):
+    from ..data import Dataset, load_dataset
+
+    if name == "mnist1d":
+        return load_dataset("mnist1d", num_samples=mnist1d_samples, train_split=train_fraction, seed=seed)
+    if name in ("mnist", "fashion_mnist"):
+        if not path:
+            raise ValueError(f"data.name = {name!r} reads local files: give --set data.path=DIR "
+                             f"(IDX files) or a .npz with x_train, y_train, x_test, y_test")
+        full = load_dataset(name, path=path)
+        x = torch.cat([full.x_train, full.x_test])
+        y = torch.cat([full.y_train, full.y_test])
+        n = min(subset, x.shape[0]) if subset > 0 else x.shape[0]
+        g = np.random.default_rng(seed)
+        idx = torch.as_tensor(g.permutation(x.shape[0])[:n])
+        n_tr = int(round(train_fraction * n))
+        meta = dict(full.meta, subset=n, train_fraction=train_fraction, subset_seed=seed,
+                    source=f"{full.meta.get('source', 'local files')}; random subset of {n} of the "
+                           f"{x.shape[0]} train+test images, {n_tr} train / {n - n_tr} test")
+        return Dataset(x[idx[:n_tr]], y[idx[:n_tr]], x[idx[n_tr:]], y[idx[n_tr:]], name, full.n_classes, meta)
+    raise ValueError(f"data.name must be 'mnist1d', 'mnist' or 'fashion_mnist', got {name!r}")
+
+
+def load_study_data(name: str, path: str, seed: int, subset: int, train_fraction: float,
+                    mnist1d_samples: int):
+    """The MNIST-family data of App G.1.
+
+    ``mnist1d``: ``mnist1d_samples`` generated offline, ``train_fraction`` train (seed ``seed``).
+    ``mnist``/``fashion_mnist``: the local files at ``path``; a random subset of ``subset`` images
+    (paper: 10000) split ``train_fraction`` train (paper: 50/50).
+    """
+    return _load_cached(name, path, int(seed), int(subset), float(train_fraction), int(mnist1d_samples))
+
+
+def parse_layers(text: str) -> list[int]:
+    """A layer list of the paper's Table 7/8 (``"784, 128, 64"``) as integers.
+
+    Each comma-separated piece contributes its first integer: the printed table has a stray
+    footnote marker in ``"784, 128, 64 1"``, read as ``[784, 128, 64]``.
+    """
+    out = []
+    for piece in str(text).split(","):
+        m = re.search(r"\d+", piece)
+        if m:
+            out.append(int(m.group()))
+    if len(out) < 2:
+        raise ValueError(f"cannot read a layer list from {text!r}")
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+def train_cell(data, cell: CellSpec, llc: Optional[LLCSettings], device: str) -> dict[str, Any]:
+    """Train one cell's seeds as one batched ensemble, with λ̂ every ``llc.every`` steps.
+
+    Returns arrays: ``steps [G]``, ``displacement [K, G]``, ``llc_steps [E]``, ``llc [K, E]``,
+    ``llc_std [K, E]`` (chain std; NaN with one chain), final train/test loss and accuracy,
+    ``diverged [K]``, and scalars ``n_params``, ``wall_s``.
+    """
+    from ..engine import EnsembleConfig, train_ensemble
+
+    ecfg = EnsembleConfig(
+        dataset=data.name, widths=(None, *cell.hidden, None), optimizer=cell.optimizer, lr=cell.lr,
+        momentum=cell.momentum if cell.optimizer == "sgd" else 0.0, batch_size=cell.batch_size,
+        steps=cell.steps, seeds=tuple(cell.seeds), record_every=cell.record_every,
+        record_log_points=cell.record_log_points, device=device, progress=False,
+    )
+    hooks = []
+    hook = None
+    if llc is not None:
+        from ..sampling import LLCTrainingHook
+
+        hook = LLCTrainingHook(llc.config(), every=llc.every)
+        hooks.append(hook.as_engine_hook())
+    t0 = time.perf_counter()
+    res = train_ensemble(ecfg, data=data, hooks=hooks)
+    wall = time.perf_counter() - t0
+    K = len(cell.seeds)
+    out: dict[str, Any] = {
+        "seeds": np.asarray(res.seeds, dtype=np.int64),
+        "steps": np.asarray(res.steps, dtype=np.int64),
+        "displacement": np.asarray(res.displacement, dtype=np.float64),
+        "train_loss_curve": np.asarray(res.train_loss, dtype=np.float32),
+        "final_train_loss": res.final["train_loss"].to_numpy(float),
+        "final_train_acc": res.final["train_acc"].to_numpy(float),
+        "final_test_loss": res.final["test_loss"].to_numpy(float),
+        "final_test_acc": res.final["test_acc"].to_numpy(float),
+        "diverged": res.final["diverged"].to_numpy(bool),
+        "n_params": int(res.spec.n_params),
+        "widths": list(res.spec.widths),
+        "wall_s": float(wall),
+    }
+    if hook is not None:
+        df = res.hooks["llc"]
+        if df.empty:
+            raise RuntimeError(f"no LLC estimate was recorded: llc.every = {llc.every} > steps = {cell.steps}")
+        wide = df.pivot(index="seed", columns="step", values="llc").reindex(index=list(res.seeds))
+        wstd = df.pivot(index="seed", columns="step", values="llc_std").reindex(index=list(res.seeds))
+        out["llc_steps"] = np.asarray(wide.columns, dtype=np.int64)
+        out["llc"] = wide.to_numpy(float).reshape(K, -1)
+        out["llc_std"] = wstd.to_numpy(float).reshape(K, -1)
+        out["nbeta"] = float(llc.config().resolve_nbeta(data.n_train))
+        out["llc_trend_flags"] = int(df["trend_flag"].astype(bool).sum())
+        out["llc_n_estimates"] = int(len(df))
+    return out
+
+
+def llc_summaries(llc: np.ndarray, last: int) -> dict[str, np.ndarray]:
+    """Per run: final λ (mean of the last ``last`` estimates, App G.1) and its se; λ̄ (mean of all,
+    Cor 3.3) and its se; count of negative estimates. NaN estimates (all chains diverged) are
+    skipped and counted in ``n_missing``."""
+    llc = np.asarray(llc, float)
+    K, E = llc.shape
+    fin = np.full(K, np.nan)
+    fin_se = np.full(K, np.nan)
+    bar = np.full(K, np.nan)
+    bar_se = np.full(K, np.nan)
+    for k in range(K):
+        v = llc[k][np.isfinite(llc[k])]
+        if v.size == 0:
+            continue
+        tail = v[-last:]
+        fin[k] = tail.mean()
+        fin_se[k] = tail.std(ddof=1) / math.sqrt(tail.size) if tail.size > 1 else 0.0
+        bar[k] = v.mean()
+        bar_se[k] = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0
+    return {"llc_final": fin, "llc_final_se": fin_se, "llc_mean": bar, "llc_mean_se": bar_se,
+            "n_negative_estimates": (llc < 0).sum(1), "n_missing": (~np.isfinite(llc)).sum(1)}
+
+
+# --------------------------------------------------------------------------- fits
+
+def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitSettings,
+             run_ids: Sequence[Any], llc: Optional[np.ndarray] = None, llc_se: Optional[np.ndarray] = None,
+             llc_mean: Optional[np.ndarray] = None, llc_mean_se: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """One row per run: :meth:`DiffusionFit.to_row` (whole-range and late-window eq 17 fits,
+    crossover t_c with its interval, d_s = 2 λ α with delta-method intervals when λ is given),
+    plus ``run``, ``llc_mean``/``llc_mean_se`` (λ̄) and ``fit_error`` (reason when a run could
+    not be fitted; its numbers are then missing, never silently NaN)."""
+    from ..stats.diffusion import fit_diffusion
+
+    rows = []
+    K = displacement.shape[0]
+    for k in range(K):
+        d = np.asarray(displacement[k], float)
+        ok = np.isfinite(d)
+        lam = None if llc is None or not np.isfinite(llc[k]) else float(llc[k])
+        lam_se = None if lam is None or llc_se is None or not np.isfinite(llc_se[k]) else float(llc_se[k])
+        row: dict[str, Any] = {"run": run_ids[k]}
+        try:
+            f = fit_diffusion(np.asarray(steps)[ok], d[ok], llc=lam, llc_se=lam_se, n_grid=settings.n_grid,
+                              method=settings.method, n_boot=settings.n_boot, level=settings.level,
+                              seed=settings.seed + k)
+            row.update(f.to_row())
+            row["fit_error"] = ""
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            row["fit_error"] = str(exc)
+        row["llc"] = lam
+        row["llc_se"] = lam_se
+        row["llc_mean"] = None if llc_mean is None or not np.isfinite(llc_mean[k]) else float(llc_mean[k])
+        row["llc_mean_se"] = None if llc_mean_se is None or not np.isfinite(llc_mean_se[k]) else float(llc_mean_se[k])
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for c in ("alpha", "alpha_se", "late_alpha", "late_alpha_se", "d_s", "late_d_s", "llc", "llc_mean"):
+        if c not in df:
+            df[c] = np.nan
+    return df
+
+
+# --------------------------------------------------------------------------- summaries
+
+def bootstrap_ci(values: np.ndarray, stat=np.median, n_boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over runs; (NaN, NaN) with < 3 finite values."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size < 3:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_boot, v.size))
+    b = np.apply_along_axis(stat, 1, v[idx]) if stat not in (np.median, np.mean) else stat(v[idx], axis=1)
+    a = (1 - level) / 2
+    return float(np.quantile(b, a)), float(np.quantile(b, 1 - a))
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its Student-t interval over runs: (mean, lo, hi); NaN interval with < 2 values."""
+    from scipy import stats
+
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (float("nan"),) * 3
+    m = float(v.mean())
+    if v.size < 2:
+        return m, float("nan"), float("nan")
+    h = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return m, m - h, m + h
+
+
+def stats_of(values: np.ndarray, level: float = 0.95, seed: int = 0) -> dict:
+    """Summary of a per-run quantity: n, mean with t interval, sd, median with bootstrap interval,
+    5/95 % quantiles, min, max (None where undefined)."""
+    v = np.asarray(values, float)
+    f = v[np.isfinite(v)]
+    if f.size == 0:
+        return {"n": 0, "n_missing": int(v.size), "mean": None, "mean_ci": [None, None], "sd": None,
+                "median": None, "median_ci": [None, None], "q05": None, "q95": None, "min": None, "max": None}
+    m, lo, hi = mean_ci(f, level)
+    mlo, mhi = bootstrap_ci(f, np.median, level=level, seed=seed)
+    return {"n": int(f.size), "n_missing": int(v.size - f.size), "mean": m, "mean_ci": [lo, hi],
+            "sd": float(f.std(ddof=1)) if f.size > 1 else None, "median": float(np.median(f)),
+            "median_ci": [mlo, mhi], "q05": float(np.quantile(f, 0.05)), "q95": float(np.quantile(f, 0.95)),
+            "min": float(f.min()), "max": float(f.max())}
+
+
+def hypothesis_rows(hres, claim: str, statistic: str, values: np.ndarray, level: float, seed: int,
+                    hyp_id: Optional[str] = None) -> dict:
+    """One verdict-table row from a :class:`sgdbayes.stats.HypothesisResult`.
+
+    statistic = median over tested runs of ``values`` (e.g. α − 1/2 or d_s − λ) with a percentile
+    bootstrap interval; p = Wilcoxon signed-rank across runs (alternative "less"; H0 = the
+    violation); ``sign_p`` = exact sign test of P(value < 0) > 1/2 (binomial, one-sided). Verdict: *supported* when the Wilcoxon p < 1 − level **and** the bootstrap upper
+    bound of the median is < 0; *contradicted* when the lower bound is > 0; else *not supported*.
+    The per-run view (share of runs with Holm-adjusted p < 1 − level, share of runs whose one-sided
+    upper bound is below the threshold) is reported beside it.
+    """
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    med = float(np.median(v)) if v.size else float("nan")
+    lo, hi = bootstrap_ci(v, np.median, level=level, seed=seed)
+    p = hres.wilcoxon_p
+    a = 1 - level
+    from scipy.stats import binomtest
+
+    n_below = int((v < 0).sum())
+    n_nonzero = int((v != 0).sum())
+    sign_p = float(binomtest(n_below, n_nonzero, 0.5, alternative="greater").pvalue) if n_nonzero else None
+    if hres.n_tested == 0 or v.size == 0:
+        verdict = "untestable: no run could be tested"
+    elif p is not None and p < a and np.isfinite(hi) and hi < 0:
+        verdict = "supported"
+    elif np.isfinite(lo) and lo > 0:
+        verdict = "contradicted (median above the threshold)"
+    else:
+        verdict = "not supported"
+    return {
+        "id": hyp_id or hres.name, "claim": claim, "window": hres.window, "statistic": statistic,
+        "value": med, "ci": [lo, hi], "pvalue": p, "p_label": "Wilcoxon signed-rank across runs, one-sided",
+        "n_tested": hres.n_tested, "n_excluded": int(len(hres.excluded)), "n_support_holm": hres.n_reject,
+        "share_support_holm": (hres.n_reject / hres.n_tested) if hres.n_tested else None,
+        "share_upper_below": hres.share_upper_below, "verdict": verdict, "notes": list(hres.notes),
+        "sign_p": sign_p, "n_below": n_below,
+    }
+
+
+# --------------------------------------------------------------------------- H7
+
+def h7_prediction(steps: np.ndarray, displacement: np.ndarray, split: float, settings: FitSettings) -> dict:
+    """Held-out prediction of late displacement from an early-window fit (Figs 14-15, I.1).
+
+    Per run: fit eq 17 (``log R = α log t + c``) on t ≤ ``split``·T only, predict
+    R̂(t) = exp(c) t^α for t > split·T. Returns per run: ``alpha_early``, ``R_pred_final`` (at T),
+    ``R_true_final``, ``rel_err_final`` = R̂_T/R_T − 1, ``r2_heldout`` = 1 − SSE/SST of log R on the
+    held-out points (SST around their own mean; can be < 0), and the in-sample r² of the whole fit
+    is reported elsewhere (the paper's r², Fig 18). Runs whose early window has < 5 points get NaN
+    and are counted in ``n_failed``.
+    """
+    from ..stats.diffusion import fit_loglog, log_grid
+
+    t = np.asarray(steps, float)
+    K = displacement.shape[0]
+    T = t[-1]
+    out = {k: np.full(K, np.nan) for k in ("alpha_early", "R_pred_final", "R_true_final", "rel_err_final",
+                                           "r2_heldout", "log_err_final")}
+    n_failed = 0
+    for k in range(K):
+        d = np.asarray(displacement[k], float)
+        ok = np.isfinite(d) & (d > 0)
+        tt, dd = t[ok], d[ok]
+        if tt.size < 10 or tt[-1] != T:
+            n_failed += 1
+            continue
+        early = tt <= split * T
+        late = ~early
+        idx = log_grid(tt[early], settings.n_grid)
+        try:
+            f = fit_loglog(np.log(tt[early][idx]), np.log(dd[early][idx]), method="ols")
+        except ValueError:
+            n_failed += 1
+            continue
+        pred = f.intercept + f.alpha * np.log(tt[late])
+        y = np.log(dd[late])
+        sst = float(((y - y.mean()) ** 2).sum())
+        out["alpha_early"][k] = f.alpha
+        out["R_pred_final"][k] = float(np.exp(pred[-1]))
+        out["R_true_final"][k] = float(dd[-1])
+        out["rel_err_final"][k] = float(np.exp(pred[-1]) / dd[-1] - 1.0)
+        out["log_err_final"][k] = float(pred[-1] - y[-1])
+        out["r2_heldout"][k] = 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
+    out["n_failed"] = n_failed
+    return out

@@ -1,0 +1,239 @@
+"""ablations: paper App H (Figs 7-13, 16-17, the App-H table; SCIENCE.md §1 H6, §6).
+
+Stages (cached by :mod:`sgdbayes.runner`):
+
+1. ``train``    one batched ensemble per cell of optimizer (SGD with each momentum in
+                ``grid.momenta``; Adam) x learning rate x batch size, λ̂ every ``llc.every`` steps
+2. ``analysis`` per run: final λ, λ̄, eq-17 fits and d_s = 2λα (whole range = the paper's d_s);
+                the App-H table (d_s and λ mean/std, test accuracy per optimizer); correlations of
+                d_s and λ with lr, batch size, momentum and test accuracy (OLS HC3, Spearman with
+                bootstrap CI, Holm within each optimizer family); H6; H1-H3 and H7 per family
+
+H6 (d_s tracks the learning rate much more than λ does; App H, Fig 11). Within vanilla SGD runs,
+standardized partial slopes from OLS with HC3 errors,
+
+    z(y) = β_lr z(log10 lr) + β_B z(log2 B) + ε,   y ∈ {d_s, λ},
+
+(z = standardized over the runs), and the contrast Δ = |β_lr(d_s)| − |β_lr(λ)| with a paired
+percentile bootstrap over runs; one-sided bootstrap p = P*(Δ ≤ 0). Supported when the lower
+bound of Δ is > 0.
+
+Report: :func:`sgdbayes.reporting.diffusion_reports.write_ablations`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..runner.orchestrate import Stage, StageContext
+from ._diffusion_common import CellSpec, fit_runs, h7_prediction, llc_summaries, set_threads, stats_of, train_cell
+from .spectral_dimension import diffusion_hypotheses, fit_settings, h7_rows, llc_settings, study_data
+
+__all__ = ["STAGES", "write_report", "grid_cells", "h6_contrast", "standardized_slopes", "PAPER_APP_H"]
+
+# The App-H table of the paper (not among sgdbayes.paper's Tables 1, 2, 4-8): per optimizer.
+PAPER_APP_H = {
+    "adam": {"d_s_mean": 0.4061, "d_s_std": 0.9068, "llc_mean": 3.0957, "llc_std": 5.7533, "test_acc_mean": 90.4297},
+    "sgd": {"d_s_mean": 7.8165, "d_s_std": 10.2494, "llc_mean": 12.5270, "llc_std": 11.8393, "test_acc_mean": 94.0592},
+}
+
+
+def grid_cells(ctx: StageContext) -> list[dict]:
+    """The cells of the grid: dicts with optimizer, label, family, momentum, lr, batch_size."""
+    cells = []
+    for m in ctx.cfg("grid.momenta"):
+        for lr in ctx.cfg("grid.lrs_sgd"):
+            for b in ctx.cfg("grid.batch_sizes"):
+                cells.append({"optimizer": "sgd", "label": "sgd" if m == 0 else f"sgd+momentum {m:g}",
+                              "family": "SGD", "momentum": float(m), "lr": float(lr), "batch_size": int(b)})
+    if ctx.cfg("grid.adam"):
+        for lr in ctx.cfg("grid.lrs_adam"):
+            for b in ctx.cfg("grid.batch_sizes"):
+                cells.append({"optimizer": "adam", "label": "adam", "family": "Adam", "momentum": 0.0,
+                              "lr": float(lr), "batch_size": int(b)})
+    if not cells:
+        raise ValueError("the grid is empty: give grid.momenta and grid.lrs_sgd, or grid.adam = true")
+    return cells
+
+
+def stage_train(ctx: StageContext) -> dict[str, Any]:
+    set_threads(ctx.cfg("runtime.threads"), ctx.device)
+    data = study_data(ctx).to(ctx.device)
+    S, off = ctx.cfg("grid.seeds"), ctx.cfg("grid.seed_offset")
+    llc = llc_settings(ctx)
+    rows: dict[str, list] = {k: [] for k in ("cell", "seed", "optimizer", "label", "family", "momentum", "lr",
+                                             "batch_size", "steps_total", "test_acc", "train_acc", "diverged")}
+    curves, llcs, grids, cell_wall = [], [], [], []
+    for ci, c in enumerate(grid_cells(ctx)):
+        steps = ctx.cfg("grid.steps") or ctx.cfg("grid.epochs") * (data.n_train // c["batch_size"])
+        cell = CellSpec(hidden=tuple(ctx.cfg("model.hidden")), optimizer=c["optimizer"], lr=c["lr"],
+                        momentum=c["momentum"], batch_size=c["batch_size"], steps=int(steps),
+                        seeds=tuple(range(off, off + S)), record_every=ctx.cfg("grid.record_every"))
+        res = train_cell(data, cell, llc, ctx.device)
+        for k in range(S):
+            rows["cell"].append(ci); rows["seed"].append(off + k)
+            for key in ("optimizer", "label", "family", "momentum", "lr", "batch_size"):
+                rows[key].append(c[key])
+            rows["steps_total"].append(int(steps))
+            rows["test_acc"].append(float(res["final_test_acc"][k])); rows["train_acc"].append(float(res["final_train_acc"][k]))
+            rows["diverged"].append(bool(res["diverged"][k]))
+        curves.append(res["displacement"]); llcs.append(res["llc"]); grids.append(res["steps"])
+        cell_wall.append(res["wall_s"])
+        ctx.log(f"    cell {ci}: {c['label']} lr {c['lr']:g} B {c['batch_size']}: {steps} steps, test acc "
+                f"{np.mean(res['final_test_acc']):.3f}, {res['wall_s']:.1f} s")
+    out: dict[str, Any] = {"runs": rows, "cell_wall_s": np.asarray(cell_wall), "nbeta": float(res["nbeta"]),
+                           "n_params": int(res["n_params"]), "widths": res["widths"], "n_train": data.n_train,
+                           "n_test": int(data.x_test.shape[0]), "n_features": data.n_features,
+                           "data_meta": {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))}}
+    for i, (g, d, l) in enumerate(zip(grids, curves, llcs)):
+        out[f"steps_{i}"], out[f"disp_{i}"], out[f"llc_{i}"] = g, d, l
+    return out
+
+
+def standardized_slopes(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Standardized partial slopes: OLS of z(y) on the z-scored columns of ``X`` (z over the rows).
+
+    ``Y`` is ``[n]`` or ``[n, m]`` (m responses fitted at once); returns ``[p]`` or ``[p, m]``."""
+    Xz = (X - X.mean(0)) / X.std(0, ddof=1)
+    Yz = (Y - Y.mean(0)) / Y.std(0, ddof=1)
+    A = np.column_stack([np.ones(len(Xz)), Xz])
+    return np.linalg.lstsq(A, Yz, rcond=None)[0][1:]
+
+
+def h6_contrast(df: pd.DataFrame, xs: list[str], n_boot: int, level: float, seed: int) -> dict:
+    """H6: Δ = |β(d_s, log10 lr)| − |β(λ, log10 lr)| (standardized partial slopes given ``xs``) with a
+    paired percentile bootstrap over runs; also each β with its HC3 interval (statsmodels)."""
+    import statsmodels.api as sm
+
+    sub = df[["d_s", "llc", *xs]].dropna()
+    n = len(sub)
+    out: dict[str, Any] = {"n": n, "covariates": xs}
+    if n < len(xs) + 3 or any(sub[c].std() == 0 for c in ["d_s", "llc", *xs]):
+        out["note"] = f"not estimable: {n} runs or a constant column"
+        return out
+    for y in ("d_s", "llc"):
+        Z = (sub - sub.mean()) / sub.std(ddof=1)
+        res = sm.OLS(Z[y].to_numpy(), sm.add_constant(Z[xs].to_numpy())).fit(cov_type="HC3", use_t=True)
+        lo, hi = res.conf_int(1 - level)[1]
+        out[f"beta_{y}"] = float(res.params[1]); out[f"beta_{y}_ci"] = [float(lo), float(hi)]
+        out[f"beta_{y}_p"] = float(res.pvalues[1])
+    delta = abs(out["beta_d_s"]) - abs(out["beta_llc"])
+    rng = np.random.default_rng(seed)
+    X = sub[xs].to_numpy(float)
+    Y = sub[["d_s", "llc"]].to_numpy(float)
+    bs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        Xb, Yb = X[idx], Y[idx]
+        if (Xb.std(0) == 0).any() or (Yb.std(0) == 0).any():
+            continue
+        b = standardized_slopes(Yb, Xb)[0]  # slopes on the first covariate (log10 lr) for d_s and λ
+        bs.append(abs(b[0]) - abs(b[1]))
+    bs = np.asarray(bs)
+    a = (1 - level) / 2
+    out.update(delta=float(delta), delta_ci=[float(np.quantile(bs, a)), float(np.quantile(bs, 1 - a))],
+               p=float((np.sum(bs <= 0) + 1) / (bs.size + 1)), n_boot_used=int(bs.size))
+    return out
+
+
+def stage_analysis(ctx: StageContext) -> dict[str, Any]:
+    from ..stats.regression import cross_run_regressions
+
+    tr = ctx["train"]
+    fs = fit_settings(ctx)
+    level, seed, n_boot, last = fs.level, ctx.cfg("analysis.seed"), ctx.cfg("analysis.n_boot"), ctx.cfg("llc.last")
+    meta = pd.DataFrame(tr["runs"])
+    parts, preds = [], []
+    for ci in sorted(meta["cell"].unique()):
+        m = meta[meta["cell"] == ci].reset_index(drop=True)
+        steps = np.asarray(tr[f"steps_{ci}"], float)
+        disp = np.asarray(tr[f"disp_{ci}"], float)
+        summ = llc_summaries(np.asarray(tr[f"llc_{ci}"], float), last)
+        r = fit_runs(steps, disp, fs, [f"c{ci}/s{s}" for s in m["seed"]], llc=summ["llc_final"],
+                     llc_se=summ["llc_final_se"], llc_mean=summ["llc_mean"], llc_mean_se=summ["llc_mean_se"])
+        r = pd.concat([m.drop(columns=[]), r], axis=1)
+        r["R_final"] = disp[:, -1]
+        p = h7_prediction(steps, disp, ctx.cfg("h7.split"), fs)
+        r["R_pred_final"], r["rel_err_final"], r["r2_heldout"] = p["R_pred_final"], p["rel_err_final"], p["r2_heldout"]
+        parts.append(r)
+    runs = pd.concat(parts, ignore_index=True)
+    runs["log10_lr"] = np.log10(runs["lr"].astype(float))
+    runs["log2_batch"] = np.log2(runs["batch_size"].astype(float))
+    notes = []
+    bad = (runs["fit_error"] != "") | runs["diverged"].astype(bool)
+    if bad.any():
+        notes.append(f"{int(bad.sum())} runs diverged or could not be fitted; left out of the analysis")
+    fitted = runs[~bad].reset_index(drop=True)
+
+    # -- App-H table per optimizer label
+    app_h = []
+    for lab, g in fitted.groupby("label", sort=False):
+        app_h.append({"optimizer": lab, "n": int(len(g)), "d_s": stats_of(g["d_s"], level, seed),
+                      "llc": stats_of(g["llc"], level, seed), "test_acc": stats_of(100 * g["test_acc"], level, seed),
+                      "late_d_s": stats_of(g["late_d_s"], level, seed), "alpha": stats_of(g["alpha"], level, seed),
+                      "n_llc_nonpositive": int((~(g["llc"] > 0)).sum()),
+                      "paper": PAPER_APP_H.get(lab)})
+    # -- correlations per family (Holm within each family)
+    corr = {}
+    for fam, g in fitted.groupby("family", sort=False):
+        pairs = [("d_s", "log10_lr"), ("llc", "log10_lr"), ("d_s", "log2_batch"), ("llc", "log2_batch"),
+                 ("test_acc", "d_s"), ("test_acc", "llc"), ("R_final", "llc")]
+        if fam == "SGD" and g["momentum"].nunique() > 1:
+            pairs += [("d_s", "momentum"), ("llc", "momentum")]
+        corr[fam] = cross_run_regressions(g, pairs, n_boot=n_boot, level=level, seed=seed).table.to_dict(orient="list")
+    # -- H6 within vanilla SGD (fallback: SGD family with momentum as a covariate)
+    van = fitted[(fitted["family"] == "SGD") & (fitted["momentum"] == 0)]
+    xs = ["log10_lr", "log2_batch"]
+    h6_scope = "vanilla SGD runs"
+    if len(van) < 6 or van["lr"].nunique() < 2:
+        van = fitted[fitted["family"] == "SGD"]
+        xs = ["log10_lr", "log2_batch", "momentum"]
+        h6_scope = "all SGD-family runs (momentum as a covariate)"
+    xs = [x for x in xs if van[x].nunique() > 1] if len(van) else xs
+    h6 = h6_contrast(van, xs, n_boot, level, seed) if len(van) and "log10_lr" in xs else {"n": int(len(van)), "note": "no learning-rate variation"}
+    h6["scope"] = h6_scope
+    h6_adam = None
+    adam = fitted[fitted["family"] == "Adam"]
+    if len(adam) >= 6 and adam["lr"].nunique() > 1:
+        xa = [x for x in ["log10_lr", "log2_batch"] if adam[x].nunique() > 1]
+        h6_adam = h6_contrast(adam, xa, n_boot, level, seed + 1)
+    if "delta" in h6:
+        v = ("supported" if h6["delta_ci"][0] > 0 else
+             "contradicted (λ tracks lr more)" if h6["delta_ci"][1] < 0 else "not supported (interval includes 0)")
+        hyp6 = {"id": "H6", "claim": "d_s tracks the learning rate much more than λ does", "window": "whole (paper's d_s)",
+                "statistic": "|β_std(d_s, log lr)| − |β_std(λ, log lr)|", "value": h6["delta"], "ci": h6["delta_ci"],
+                "pvalue": h6["p"], "p_label": "paired bootstrap, one-sided H0: Δ ≤ 0", "n_tested": h6["n"], "n_excluded": 0,
+                "n_support_holm": None, "share_support_holm": None, "share_upper_below": None, "verdict": v, "notes": []}
+    else:
+        hyp6 = {"id": "H6", "claim": "d_s tracks the learning rate much more than λ does", "window": "—",
+                "statistic": "|β_std(d_s, log lr)| − |β_std(λ, log lr)|", "value": None, "ci": [None, None],
+                "pvalue": None, "p_label": "—", "n_tested": h6.get("n", 0), "n_excluded": 0, "n_support_holm": None,
+                "share_support_holm": None, "share_upper_below": None,
+                "verdict": f"untestable: {h6.get('note', '')}", "notes": []}
+    hyps = [hyp6]
+    for fam, g in fitted.groupby("family", sort=False):
+        rows, _ = diffusion_hypotheses(g.reset_index(drop=True), level, seed, fam)
+        hyps += [h for h in rows if h["window"] == "whole" or h["id"].startswith("H1")]
+        pred = {"R_true_final": g["R_final"].to_numpy(float), "R_pred_final": g["R_pred_final"].to_numpy(float),
+                "rel_err_final": g["rel_err_final"].to_numpy(float), "n_failed": int(g["R_pred_final"].isna().sum())}
+        r7, _ = h7_rows(g.reset_index(drop=True), pred, ctx.cfg("h7.margin"), level, n_boot, seed)
+        for h in r7:
+            h["id"] = f"H7 [{fam}]"
+        hyps += r7
+    return {"runs": fitted.to_dict(orient="list"), "app_h": app_h, "correlations": corr, "h6": h6, "h6_adam": h6_adam,
+            "hypotheses": hyps, "notes": notes, "n_runs": int(len(runs)), "n_fitted": int(len(fitted)),
+            "cells": grid_cells(ctx)}
+
+
+STAGES = [
+    Stage("train", stage_train, "train every optimizer x lr x batch cell with λ̂ along training"),
+    Stage("analysis", stage_analysis, "d_s, λ per run; App-H table; correlations; H6; H1-H3, H7"),
+]
+
+
+def write_report(ctx: StageContext):
+    from ..reporting.diffusion_reports import write_ablations
+
+    return write_ablations(ctx)

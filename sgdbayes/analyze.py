@@ -22,12 +22,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from .runs import RunsData, RunsFileError, read_runs, run_llc_summary, validate_runs
+
+if TYPE_CHECKING:
+    from .stats.regression import Regressions
 
 # the statistics modules (scipy, statsmodels) are imported inside analyze_runs so that
 # a bad input file fails fast, before those imports
@@ -323,9 +326,9 @@ def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
 
 def write_outputs(res: AnalysisResult, data: RunsData, out_dir: Path, runs_file: str) -> Path:
     """Write runs.csv, report.md and figures/ into ``out_dir`` atomically (temp dir + rename)."""
-    from .reporting.markdown import atomic_output_dir, atomic_write_text
+    from ._io import atomic_directory, atomic_write_text
 
-    with atomic_output_dir(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite=True) as tmp:
         res.runs.to_csv(tmp / "runs.csv", index=False)
         figs = _figures(res, data, tmp / "figures") if len(res.runs) else []
         atomic_write_text(tmp / "report.md", _report(res, runs_file, figs))

@@ -540,7 +540,7 @@ class _ChunkRun:
                     self.hook_rows[h.name].append((self.t, out))
 
     def run(self):
-        cfg, k, B = self.cfg, self.k, self.cfg.batch_size
+        k, B = self.k, self.cfg.batch_size
         G = len(self.grid)
         disp = np.full((G, k), np.nan)
         tl = np.full((G, k), np.nan)

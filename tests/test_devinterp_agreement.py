@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from sgdbayes.models import MLPSpec
 from sgdbayes.sampling import LLCConfig, estimate_llc
 
 

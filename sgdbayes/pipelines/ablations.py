@@ -145,7 +145,7 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     fs = fit_settings(ctx)
     level, seed, n_boot, last = fs.level, ctx.cfg("analysis.seed"), ctx.cfg("analysis.n_boot"), ctx.cfg("llc.last")
     meta = pd.DataFrame(tr["runs"])
-    parts, preds = [], []
+    parts = []
     for ci in sorted(meta["cell"].unique()):
         m = meta[meta["cell"] == ci].reset_index(drop=True)
         steps = np.asarray(tr[f"steps_{ci}"], float)

@@ -16,7 +16,6 @@ The report (``write_report``) is rendered from ``results.json`` by
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 

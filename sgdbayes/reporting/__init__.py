@@ -1,6 +1,6 @@
 """Reporting helpers (markdown tables, number formatting, atomic writes, versions)."""
 from .markdown import (  # noqa: F401
-    atomic_output_dir,
+    atomic_directory,
     atomic_savefig,
     atomic_write_text,
     fmt_ci,

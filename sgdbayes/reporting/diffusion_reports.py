@@ -7,11 +7,8 @@ Figures are drawn into ``figures/``.
 """
 from __future__ import annotations
 
-import json
-import platform
 import time
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -19,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .._io import atomic_write_text  # noqa: E402
 from ..runner.cache import to_jsonable  # noqa: E402
 from .markdown import atomic_savefig, md_table  # noqa: E402
 from .pc_report import fmt, fmt_ci  # noqa: E402
+from .study_report import package_versions, write_study_report  # noqa: E402
 
 __all__ = ["write_anomalous_diffusion", "write_spectral_dimension", "write_ablations",
            "render_anomalous_diffusion", "render_spectral_dimension", "render_ablations", "EQUIVALENCE_NOTE"]
@@ -38,15 +35,7 @@ EQUIVALENCE_NOTE = (
 # --------------------------------------------------------------------------- shared pieces
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ["sgdbayes", "torch", "numpy", "scipy", "statsmodels", "pandas", "matplotlib", "mnist1d"]:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return package_versions(["sgdbayes", "torch", "numpy", "scipy", "statsmodels", "pandas", "matplotlib", "mnist1d"])
 
 
 def _timing(ctx) -> dict:
@@ -110,22 +99,6 @@ def _stat_cell(s: dict) -> str:
         return "—"
     return (f"{fmt(s['median'])} {fmt_ci(s['median_ci'])} (mean {fmt(s['mean'])} {fmt_ci(s['mean_ci'])}, "
             f"sd {fmt(s['sd'])}, n = {s['n']})")
-
-
-def _write(ctx, build: Callable, figures: Callable, render: Callable) -> Path:
-    out = Path(ctx.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    results = build(ctx)
-    figdir = out / "figures"
-    figs = figures(ctx, results, figdir)
-    results["figures"] = [str(Path(p).relative_to(out)) for p in figs]
-    results["timing_report_s"] = time.perf_counter() - t0
-    results["wall_total_s"] = float(sum(t["wall_s"] for t in results["timing"].values()) + results["timing_report_s"])
-    atomic_write_text(out / "results.json", json.dumps(to_jsonable(results), indent=1, ensure_ascii=False))
-    stored = json.loads((out / "results.json").read_text())
-    atomic_write_text(out / "report.md", render(stored))
-    return out / "report.md"
 
 
 def _style():
@@ -332,7 +305,7 @@ def render_anomalous_diffusion(r: dict) -> str:
 
 
 def write_anomalous_diffusion(ctx) -> Path:
-    return _write(ctx, build_anomalous_diffusion, _figures_ad, render_anomalous_diffusion)
+    return write_study_report(ctx, build_anomalous_diffusion, _figures_ad, render_anomalous_diffusion)
 
 
 # =========================================================================== spectral dimension
@@ -583,7 +556,7 @@ def render_spectral_dimension(r: dict) -> str:
 
 
 def write_spectral_dimension(ctx) -> Path:
-    return _write(ctx, build_spectral_dimension, _figures_sd, render_spectral_dimension)
+    return write_study_report(ctx, build_spectral_dimension, _figures_sd, render_spectral_dimension)
 
 
 # =========================================================================== ablations
@@ -754,4 +727,4 @@ def render_ablations(r: dict) -> str:
 
 
 def write_ablations(ctx) -> Path:
-    return _write(ctx, build_ablations, _figures_ab, render_ablations)
+    return write_study_report(ctx, build_ablations, _figures_ab, render_ablations)

@@ -6,8 +6,8 @@
   table via ``tabulate``.
 * :func:`atomic_write_text`, :func:`atomic_savefig`: write to a temporary file
   in the target directory, then ``os.replace`` (no half-written files).
-* :func:`atomic_output_dir`: build a whole output directory in a temporary
-  sibling and rename it into place only on success.
+* :func:`atomic_directory` (from ``sgdbayes._io``): build a whole output
+  directory in a temporary sibling and rename it into place only on success.
 * :func:`versions_block`: a markdown block with Python/package versions.
 """
 from __future__ import annotations
@@ -16,14 +16,15 @@ import contextlib
 import math
 import os
 import platform
-import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
+
+from .._io import atomic_directory, atomic_write_text
 
 __all__ = ["fmt_num", "fmt_ci", "fmt_p", "md_table", "atomic_write_text", "atomic_savefig",
-           "atomic_output_dir", "versions_block"]
+           "atomic_directory", "versions_block"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,22 +82,6 @@ def md_table(data, headers: Union[str, Sequence[str]] = "keys", floatfmt: str = 
                     missingval="n/a")
 
 
-def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding) as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def atomic_savefig(fig, path: PathLike, dpi: int = 120, close: bool = True, bbox_inches="tight",
                    **kwargs) -> Path:
     """``fig.savefig`` to a temp file next to ``path``, then rename; closes the figure by default."""
@@ -117,32 +102,6 @@ def atomic_savefig(fig, path: PathLike, dpi: int = 120, close: bool = True, bbox
 
             plt.close(fig)
     return path
-
-
-@contextlib.contextmanager
-def atomic_output_dir(final: PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``final`` only if the block succeeds.
-
-    On an exception the temporary directory is removed and ``final`` is left
-    untouched (not created if it did not exist).
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def versions_block(packages: Iterable[str] = ("sgdbayes", "numpy", "scipy", "pandas", "statsmodels",

@@ -11,19 +11,17 @@
 """
 from __future__ import annotations
 
-import json
 import math
-import platform
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_text
 from ..runner.cache import to_jsonable
 from . import figures as F
 from .markdown import md_table
+from .study_report import package_versions, write_study_report
 
 __all__ = ["write_report", "build_results", "render_markdown", "fmt", "PAPER_TABLE2_FALLBACK"]
 
@@ -70,16 +68,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ["sgdbayes", "torch", "numpy", "scipy", "scikit-learn", "hdbscan", "pot", "devinterp",
-                "statsmodels", "pandas", "matplotlib", "seaborn"]:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return package_versions(["sgdbayes", "torch", "numpy", "scipy", "scikit-learn", "hdbscan", "pot", "devinterp",
+                "statsmodels", "pandas", "matplotlib", "seaborn"])
 
 
 def _paper_table2() -> tuple[dict, str]:
@@ -188,7 +178,6 @@ def build_results(ctx) -> dict:
 
 def _summary_lines(r: dict) -> list[str]:
     lines = []
-    h = {(x["id"], x["claim"]): x for x in r["hypotheses"]}
     h4 = next(x for x in r["hypotheses"] if x["id"] == "H4")
     h5s = next(x for x in r["hypotheses"] if x["id"] == "H5" and "SGLD" in x["claim"])
     h5f = next(x for x in r["hypotheses"] if x["id"] == "H5" and "free energy" in x["claim"])
@@ -250,7 +239,7 @@ def render_markdown(r: dict) -> str:
     cfg = r["config"]
     L: list[str] = []
     a = L.append
-    a(f"# Posterior concentration (paper §4.2, App G.4, Figs 3–4, Table 2)\n")
+    a("# Posterior concentration (paper §4.2, App G.4, Figs 3–4, Table 2)\n")
     a(f"Preset **{'+'.join(r['presets'])}**" + (f" with overrides `{' '.join(r['sets'])}`" if r["sets"] else "")
       + f"; {cfg['train']['seeds']} seeds; device {r['device']}; config hash `{r['config_hash']}`; "
       f"generated {r['generated']}. Every number below is read from `results.json` beside this file.\n")
@@ -267,7 +256,7 @@ def render_markdown(r: dict) -> str:
 
     # ---------------------------------------------------------------- Table 2
     a("## Results beside the paper\n")
-    a(f"### Table 2: divergences between each Bayesian reference and SGD\n")
+    a("### Table 2: divergences between each Bayesian reference and SGD\n")
     a(f"KL(reference ‖ SGD side), JS divergence and W1 in nats / embedding units; intervals are "
       f"{cfg['analysis']['level']:.0%} percentile bootstrap intervals over {cfg['analysis']['n_boot']} resamples "
       f"(resampling units in the last column); ‘upper’ is the one-sided {cfg['analysis']['level']:.0%} bound; "
@@ -397,8 +386,8 @@ def render_markdown(r: dict) -> str:
       f"Equivalence margin {fmt(cfg['analysis']['margin'])}; level {fmt(cfg['analysis']['level'])}; "
       f"{cfg['analysis']['n_boot']} bootstrap resamples (SGLD: whole chains; SGD: runs; free-energy rows: paired "
       f"resamples of runs); analysis seed {cfg['analysis']['seed']}.")
-    a(f"- **H4 test**: Spearman ρ between cluster mass and mean cluster λ̂ over clusters, percentile bootstrap "
-      f"over runs; one-sided bootstrap p for H0 ρ ≥ 0; Kruskal–Wallis of λ̂ across clusters.")
+    a("- **H4 test**: Spearman ρ between cluster mass and mean cluster λ̂ over clusters, percentile bootstrap "
+      "over runs; one-sided bootstrap p for H0 ρ ≥ 0; Kruskal–Wallis of λ̂ across clusters.")
     a(f"- **Device**: {r['device']}. **Versions**: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".")
     rows = [[s, fmt(t["wall_s"]), t["device"], fmt(t["torch_threads"]), "cache" if t["cached"] else "computed now"]
             for s, t in r["timing"].items()]
@@ -421,7 +410,7 @@ def render_markdown(r: dict) -> str:
         a("**No SGLD sample left its seed's cluster: the SGLD cluster masses only restate the seeding, so the "
           "SGLD rows of Table 2 compare SGD with the choice of seeds, not with a posterior.**\n")
     ss = st
-    a(f"Cluster structure: GMM BIC by k: " + ", ".join(f"k={k}: {fmt(v)}" for k, v in ss["gmm_bic"].items())
+    a("Cluster structure: GMM BIC by k: " + ", ".join(f"k={k}: {fmt(v)}" for k, v in ss["gmm_bic"].items())
       + "; silhouette by k: " + ", ".join(f"k={k}: {fmt(v)}" for k, v in ss["silhouette"].items()) + ".\n")
     for n in ss["notes"] + r["notes"]:
         a(f"- note: {n}")
@@ -483,16 +472,4 @@ def _figures(ctx, r: dict, figdir: Path) -> list[Path]:
 
 
 def write_report(ctx) -> Path:
-    out = Path(ctx.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    results = build_results(ctx)
-    figdir = out / "figures"
-    figs = _figures(ctx, results, figdir)
-    results["figures"] = [str(p.relative_to(out)) for p in figs]
-    results["timing_report_s"] = time.perf_counter() - t0
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1, ensure_ascii=False))
-    # render from the stored file, so the text can only show what results.json holds
-    stored = json.loads((out / "results.json").read_text())
-    atomic_write_text(out / "report.md", render_markdown(stored))
-    return out / "report.md"
+    return write_study_report(ctx, build_results, _figures, render_markdown)

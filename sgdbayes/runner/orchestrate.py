@@ -32,7 +32,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .cache import StageCache
 from .config import StudyDecl, config_hash, get_key, hashed_config, load_study, resolve_config

@@ -19,7 +19,7 @@ NaN: quantiles are then taken without interpolation (``method="lower"`` /
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 

@@ -50,7 +50,6 @@ global state.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 

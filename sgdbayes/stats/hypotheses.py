@@ -25,7 +25,6 @@ and the share of runs whose upper 95 % bound lies below the threshold.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 

@@ -13,7 +13,7 @@ Everything takes a seed or Generator; no global random state.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd

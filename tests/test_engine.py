@@ -99,6 +99,13 @@ def test_seed_result_independent_of_K_and_chunk(moons, bn):
     assert np.allclose(full.train_loss, chunked.train_loss, rtol=1e-12)
     # different seeds really differ
     assert not torch.allclose(full.w_final[0], full.w_final[1])
+    # chunks run side by side in worker threads give the same per-seed results as one after another
+    serial = train_ensemble(_cfg(seeds=(0, 1, 2, 3, 4), momentum=0.9, chunk_size=2, workers=1, batchnorm=bn), moons)
+    threaded = train_ensemble(_cfg(seeds=(0, 1, 2, 3, 4), momentum=0.9, chunk_size=2, workers=3, batchnorm=bn), moons)
+    assert threaded.meta["workers"] == 3 and serial.meta["workers"] == 1
+    assert torch.equal(serial.w_final, threaded.w_final)
+    assert torch.equal(serial.w_init, threaded.w_init)
+    assert np.array_equal(serial.displacement, threaded.displacement, equal_nan=True)
 
 
 def test_record_grid_is_geometric_union_regular():
@@ -203,3 +210,8 @@ def test_epochs_and_dataset_by_name():
     assert res.w_final.dtype == torch.float32
     assert np.all(res.displacement[:, -1] > 0)
     assert EnsembleConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_workers_with_hooks_is_refused(moons):
+    with pytest.raises(ValueError, match="workers > 1 with hooks"):
+        train_ensemble(_cfg(seeds=(0, 1), workers=2), moons, hooks=[Hook(every=5, fn=lambda st: None)])

@@ -55,6 +55,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ._linalg import bmm, single_threaded_blas, transpose_into
 from .data import Dataset, load_dataset, resolve_device
 from .models import MLPSpec
 
@@ -224,6 +225,17 @@ def batch_indices(seed: int, n: int, batch_size: int, n_steps: int, stream: int 
     return perm.reshape(n_epochs * spe, batch_size)[:n_steps]
 
 
+def _stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, axis=-1, kind="stable")``, faster: numpy's default (SIMD) argsort,
+    whose order can differ from the stable one only between equal keys, so it is kept
+    when every sorted row is strictly increasing (measured 0.11 vs 0.17 s for [250, 32, 512])."""
+    perm = np.argsort(keys, axis=-1)
+    s = np.take_along_axis(keys, perm, axis=-1)
+    if (s[..., 1:] > s[..., :-1]).all():
+        return perm
+    return np.argsort(keys, axis=-1, kind="stable")
+
+
 class _BatchStream:
     """Per-seed minibatch indices for a chunk of seeds, generated a block of epochs at a time."""
 
@@ -240,7 +252,7 @@ class _BatchStream:
         """Indices ``[k * B]`` (flattened ``[k, B]``) of the next step."""
         if self.buf is None or self.pos >= self.buf.shape[0]:
             keys = _epoch_keys(self.rngs, self.block_epochs, self.n)      # [k, E, n]
-            perm = np.argsort(keys, axis=2, kind="stable")[:, :, : self.spe * self.B]
+            perm = _stable_argsort(keys)[:, :, : self.spe * self.B]
             k = perm.shape[0]
             perm = perm.reshape(k, self.block_epochs * self.spe, self.B).transpose(1, 0, 2)
             self.buf = torch.from_numpy(np.ascontiguousarray(perm).reshape(perm.shape[0], -1)).to(self.device)
@@ -292,48 +304,64 @@ class _FusedMLP:
     da_{l-1} = dh_l W_l; dh_{l-1} = da_{l-1} * 1[h_{l-1} > 0].
     """
 
+    # On the CPU the models of a chunk are processed in blocks of this many, reusing one
+    # set of activation buffers, so that a block's forward/backward stays in cache (the
+    # buffers of 250 moons models are 8 MB each; elementwise passes then run at memory
+    # bandwidth). Per-model results do not depend on it.
+    CPU_BLOCK = 64
+
     def __init__(self, spec: MLPSpec, k: int, B: int, device, dtype):
         self.spec, self.k, self.B = spec, k, B
+        self.block = min(k, self.CPU_BLOCK) if torch.device(device).type == "cpu" else k
+        kb = self.block
         ws = spec.widths
         L = spec.n_layers
-        self.H = [torch.empty(k, B, ws[l + 1], device=device, dtype=dtype) for l in range(L)]
-        self.G = [torch.empty(k, B, ws[l + 1], device=device, dtype=dtype) for l in range(L - 1)]
-        self.neg = torch.full((k, B, 1), -1.0, device=device, dtype=dtype)
-        # narrow-input layers: dW^T = a^T dh is much faster than dh^T a; computed then transposed
-        self.narrow = {l: torch.empty(k, ws[l], ws[l + 1], device=device, dtype=dtype)
-                       for l in range(L) if ws[l] < 8 and ws[l] < ws[l + 1]}
+        self.H = [torch.empty(kb, B, ws[l + 1], device=device, dtype=dtype) for l in range(L)]
+        self.G = [torch.empty(kb, B, ws[l + 1], device=device, dtype=dtype) for l in range(L - 1)]
+        self.neg = torch.full((kb, B, 1), -1.0, device=device, dtype=dtype)
+        # contiguous W_l^T copies for layers with a wide output: a @ W^T through a
+        # transposed view is slow there (see sgdbayes._linalg)
+        self.WT = {l: torch.empty(kb, ws[l], ws[l + 1], device=device, dtype=dtype)
+                   for l in range(L) if ws[l + 1] >= 8}
 
     def loss_and_grad(self, params: _Blocked, grads: _Blocked, x: Tensor, y: Tensor):
         """Fill ``grads`` with d(mean CE)/dw per model; return (loss [k], correct-count [k])."""
+        if self.block >= self.k:
+            return self._loss_and_grad(params.views, grads.views, x, y)
+        out = [self._loss_and_grad([v[s:s + self.block] for v in params.views],
+                                   [v[s:s + self.block] for v in grads.views],
+                                   x[s:s + self.block], y[s:s + self.block])
+               for s in range(0, self.k, self.block)]
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+    def _loss_and_grad(self, P: list[Tensor], G: list[Tensor], x: Tensor, y: Tensor):
         L = self.spec.n_layers
-        P, G = params.views, grads.views
+        n = x.shape[0]
+        H = [h[:n] for h in self.H]
         a = x
         for l in range(L):
             W, b = P[2 * l], P[2 * l + 1]
-            torch.baddbmm(b.unsqueeze(1), a, W.transpose(1, 2), out=self.H[l])
+            Wt = transpose_into(W, self.WT[l][:n]) if l in self.WT else W.transpose(1, 2)
+            bmm(a, Wt, H[l]).add_(b.unsqueeze(1))
             if l < L - 1:
-                self.H[l].clamp_(min=0)
-            a = self.H[l]
-        z = self.H[L - 1]
+                H[l].clamp_(min=0)
+            a = H[l]
+        z = H[L - 1]
         logp = torch.log_softmax(z, dim=2)
         yi = y.unsqueeze(2)
         loss = logp.gather(2, yi).squeeze(2).mean(dim=1).neg_()
         correct = (z.argmax(dim=2) == y).sum(dim=1)
         g = logp.exp_()
-        g.scatter_add_(2, yi, self.neg)
+        g.scatter_add_(2, yi, self.neg[:n])
         g.mul_(1.0 / self.B)
         for l in range(L - 1, -1, -1):
-            a_in = x if l == 0 else self.H[l - 1]
-            if l in self.narrow:
-                torch.bmm(a_in.transpose(1, 2), g, out=self.narrow[l])
-                G[2 * l].copy_(self.narrow[l].transpose(1, 2))
-            else:
-                torch.bmm(g.transpose(1, 2), a_in, out=G[2 * l])
+            a_in = x if l == 0 else H[l - 1]
+            bmm(g.transpose(1, 2), a_in, G[2 * l])
             torch.sum(g, dim=1, out=G[2 * l + 1])
             if l > 0:
-                ga = torch.bmm(g, P[2 * l], out=self.G[l - 1])
+                ga = bmm(g, P[2 * l], self.G[l - 1][:n])
                 # relu'(h) = 1[h > 0] = 1[a > 0]; in place, no allocation
-                g = torch.ops.aten.threshold_backward.grad_input(ga, self.H[l - 1], 0, grad_input=ga)
+                g = torch.ops.aten.threshold_backward.grad_input(ga, H[l - 1], 0, grad_input=ga)
         return loss, correct
 
 
@@ -709,8 +737,8 @@ def train_ensemble(config: EnsembleConfig, data: Dataset | None = None,
         torch.set_num_threads(cfg.num_threads)
     try:
         if workers > 1:
-            # torch ops release the GIL; chunks are independent computations
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            # torch and numpy ops release the GIL; chunks are independent computations
+            with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
                 parts = list(pool.map(run_chunk, chunks))
         else:
             parts = [run_chunk(c) for c in chunks]

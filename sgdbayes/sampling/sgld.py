@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._linalg import bmm, single_threaded_blas, transpose_into
+
 __all__ = [
     "BatchedPotential",
     "SGLDConfig",
@@ -416,7 +418,7 @@ def run_chains(loss_fn: Callable[[Tensor, Optional[Tensor]], Tensor], w0: Tensor
                              None if weights is None else weights[a:b], diverged[a:b], diverged_step[a:b],
                              record_full_loss, record_weights)
 
-        with ThreadPoolExecutor(max_workers=len(bounds)) as ex:
+        with single_threaded_blas(), ThreadPoolExecutor(max_workers=len(bounds)) as ex:
             ds_ = list(ex.map(job, range(len(bounds))))
         d = ds_[0]
     assert d == D
@@ -525,6 +527,7 @@ class MLPPotential:
             return self.spec.loss(w, self.x, self.y)
         return self.spec.loss(w, self.x[idx], self.y[idx])
 
+    @torch.no_grad()  # explicit gradients (the batch-norm fallback re-enables autograd itself)
     def loss_and_grad(self, w: Tensor, idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-row mean cross-entropy ``[M]`` and its gradient ``[M, P]``.
 
@@ -557,7 +560,11 @@ class MLPPotential:
         H = []
         a = xb
         for l in range(L):
-            h = torch.baddbmm(bs[l].unsqueeze(1), a, Ws[l].transpose(1, 2))
+            n_out = Ws[l].shape[1]
+            # wide outputs: a contiguous W^T copy is faster than a transposed view (sgdbayes._linalg)
+            Wt = (transpose_into(Ws[l], w.new_empty(M, Ws[l].shape[2], n_out)) if n_out >= 8
+                  else Ws[l].transpose(1, 2))
+            h = bmm(a, Wt, w.new_empty(M, B, n_out)).add_(bs[l].unsqueeze(1))
             if l < L - 1:
                 h.clamp_(min=0)
             H.append(h)
@@ -571,14 +578,12 @@ class MLPPotential:
         parts: list = [None] * (2 * L)
         for l in range(L - 1, -1, -1):
             a_in = xb if l == 0 else H[l - 1]
-            if a_in.shape[2] < 8:  # narrow input: a^T g is much faster than g^T a
-                parts[2 * l] = torch.bmm(a_in.transpose(1, 2), g).transpose(1, 2).reshape(M, -1)
-            else:
-                parts[2 * l] = torch.bmm(g.transpose(1, 2), a_in).reshape(M, -1)
+            parts[2 * l] = bmm(g.transpose(1, 2), a_in, w.new_empty(M, g.shape[2], a_in.shape[2])).reshape(M, -1)
             parts[2 * l + 1] = g.sum(dim=1)
             if l > 0:
-                # relu backward (H holds relu outputs: H > 0 exactly where the pre-activation > 0)
-                g = torch.ops.aten.threshold_backward(torch.bmm(g, Ws[l]), H[l - 1], 0.0)
+                # relu backward (H holds relu outputs: H > 0 exactly where the pre-activation > 0), in place
+                ga = bmm(g, Ws[l], w.new_empty(M, B, Ws[l].shape[2]))
+                g = torch.ops.aten.threshold_backward.grad_input(ga, H[l - 1], 0, grad_input=ga)
         return loss, torch.cat(parts, dim=1)
 
 

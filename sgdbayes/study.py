@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where to compute: auto = cuda when available, else cpu (default: auto). "
                         "Not part of the cache key; recorded in the report")
+    p.add_argument("--threads", type=int, metavar="N", default=0,
+                   help="torch CPU intra-op threads; 0 (default) = automatic: 1, because sgdbayes already "
+                        "runs seeds and SGLD chains in one worker thread per core. Not part of the cache "
+                        "key; recorded in the report")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output directory for report.md, results.json and figures/ "
                         "(default: reports/NAME/ for the default preset, reports/NAME/variants/<label>/ "
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print(_list_text())
             return 0
+        if args.threads < 0:
+            raise ConfigError(f"--threads must be >= 0 (0 = automatic), got {args.threads}")
         if not args.study:
             raise ConfigError(f"no study given; valid studies: {', '.join(list_studies())}")
         presets = None
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             raise ConfigError(str(exc)) from None
         result = run_study(args.study, presets=presets, sets=args.sets, seeds=args.seeds,
-                           device=args.device, out=args.out, force=args.force)
+                           device=args.device, out=args.out, force=args.force, threads=args.threads)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

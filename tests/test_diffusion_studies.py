@@ -43,12 +43,12 @@ def test_studies_are_declared_with_presets():
     assert sd["sweep"]["rows"] == [] and sd["sweep"]["epochs"] == 250
 
 
-def test_runtime_threads_not_in_cache_key():
+def test_report_keys_not_in_cache_key():
     from sgdbayes.runner.config import config_hash
 
     decl = load_study("spectral_dimension")
     h = lambda c: config_hash(c, decl.presentational, study=decl.name)  # noqa: E731
-    assert h(resolve_config(decl)) == h(resolve_config(decl, sets=["runtime.threads=2"]))
+    assert h(resolve_config(decl)) == h(resolve_config(decl, sets=["report.dpi=200"]))
     assert h(resolve_config(decl)) != h(resolve_config(decl, sets=["train.lr=0.1"]))
 
 

@@ -103,6 +103,7 @@ def test_hash_ignores_presentational_keys_but_not_seeds():
     ([PC, "--preset", "fast"], "valid presets: chains4, converged"),
     ([PC, "--set", "llc.draws=10"], "valid keys: analysis."),
     ([PC, "--set", "llc.num_draws"], "expects key=value"),
+    ([PC, "--threads", "-1"], "--threads must be >= 0"),
 ])
 def test_cli_errors_exit_2_without_traceback(argv, needle, capsys):
     assert cli.main(argv) == 2
@@ -128,8 +129,20 @@ def test_help_explains_every_option(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for opt in ["--preset", "--set", "--seeds", "--device", "--out", "--force", "--list", "cache"]:
+    for opt in ["--preset", "--set", "--seeds", "--device", "--threads", "--out", "--force", "--list", "cache"]:
         assert opt in out
+
+
+def test_explicit_threads_are_set_and_returned():
+    import torch
+
+    from sgdbayes.runner.orchestrate import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads("cpu", 1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- cache + stages (stub pipeline)

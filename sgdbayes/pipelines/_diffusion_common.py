@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 __all__ = [
-    "FitSettings", "LLCSettings", "CellSpec", "set_threads", "load_study_data", "parse_layers",
+    "FitSettings", "LLCSettings", "CellSpec", "load_study_data", "parse_layers",
     "train_cell", "llc_summaries", "fit_runs", "hypothesis_rows", "h7_prediction", "bootstrap_ci",
     "stats_of", "mean_ci",
 ]
@@ -89,20 +89,6 @@ class CellSpec:
     seeds: tuple
     record_every: int
     record_log_points: int = 100
-
-
-def set_threads(n: int, device: str) -> None:
-    """torch intra-op threads on CPU (0 = leave torch's default).
-
-    Measured on the 2-core machines this runs on while other jobs share the cores: a batched
-    matmul took 16 ms with 2 threads and 1.3 ms with 1 (oversubscription), hence default 1.
-    """
-    if device == "cpu" and n > 0:
-        torch.set_num_threads(int(n))
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
 
 
 # --------------------------------------------------------------------------- data

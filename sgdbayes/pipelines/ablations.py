@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..runner.orchestrate import Stage, StageContext
-from ._diffusion_common import CellSpec, fit_runs, h7_prediction, llc_summaries, set_threads, stats_of, train_cell
+from ._diffusion_common import CellSpec, fit_runs, h7_prediction, llc_summaries, stats_of, train_cell
 from .spectral_dimension import diffusion_hypotheses, fit_settings, h7_rows, llc_settings, study_data
 
 __all__ = ["STAGES", "write_report", "grid_cells", "h6_contrast", "standardized_slopes", "PAPER_APP_H"]
@@ -59,7 +59,6 @@ def grid_cells(ctx: StageContext) -> list[dict]:
 
 
 def stage_train(ctx: StageContext) -> dict[str, Any]:
-    set_threads(ctx.cfg("runtime.threads"), ctx.device)
     data = study_data(ctx).to(ctx.device)
     S, off = ctx.cfg("grid.seeds"), ctx.cfg("grid.seed_offset")
     llc = llc_settings(ctx)

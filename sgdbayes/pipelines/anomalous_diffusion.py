@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..runner.orchestrate import Stage, StageContext
-from ._diffusion_common import FitSettings, fit_runs, hypothesis_rows, set_threads, stats_of
+from ._diffusion_common import FitSettings, fit_runs, hypothesis_rows, stats_of
 
 __all__ = ["STAGES", "write_report", "local_slopes", "fit_settings"]
 
@@ -55,7 +55,6 @@ def local_slopes(steps: np.ndarray, R: np.ndarray, halfwidth: float, n_points: i
 def stage_train(ctx: StageContext) -> dict[str, Any]:
     from ..engine import EnsembleConfig, train_ensemble
 
-    set_threads(ctx.cfg("runtime.threads"), ctx.device)
     K, off = ctx.cfg("train.seeds"), ctx.cfg("train.seed_offset")
     ecfg = EnsembleConfig(
         dataset=ctx.cfg("data.name"),

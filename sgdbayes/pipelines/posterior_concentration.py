@@ -42,15 +42,6 @@ def _spec(ctx: StageContext, data):
     return MLPSpec((data.n_features, *ctx.cfg("model.hidden"), data.n_classes))
 
 
-def _torch_threads() -> None:
-    # the machines this runs on have few cores; torch's default is fine, but keep
-    # interop threads from oversubscribing when other work runs beside us
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-
-
 def convergence_filter(steps: np.ndarray, loss: np.ndarray, window: float, rel_tol: float):
     """Relative loss plateau over the last ``window`` fraction of steps.
 
@@ -133,7 +124,6 @@ def select_sgld_starts(loss: np.ndarray, llc: np.ndarray, labels: np.ndarray, n_
 def stage_train(ctx: StageContext) -> dict[str, Any]:
     from ..engine import EnsembleConfig, train_ensemble
 
-    _torch_threads()
     K = ctx.cfg("train.seeds")
     off = ctx.cfg("train.seed_offset")
     ecfg = EnsembleConfig(
@@ -188,7 +178,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 def stage_llc(ctx: StageContext) -> dict[str, Any]:
     from ..sampling import LLCConfig, estimate_llc
 
-    _torch_threads()
     tr = ctx["train"]
     data = _dataset(ctx)
     spec = _spec(ctx, data)
@@ -239,7 +228,6 @@ def _clusterer(ctx: StageContext):
 
 
 def stage_cluster(ctx: StageContext) -> dict[str, Any]:
-    _torch_threads()
     tr = ctx["train"]
     data = _dataset(ctx)
     spec = _spec(ctx, data)
@@ -283,7 +271,6 @@ def stage_sgld(ctx: StageContext) -> dict[str, Any]:
     from ..sampling import PosteriorConfig, sample_posterior
     from ..sampling.diagnostics import ess, split_rhat
 
-    _torch_threads()
     tr, ll, cu = ctx["train"], ctx["llc"], ctx["cluster"]
     data = _dataset(ctx)
     spec = _spec(ctx, data)

@@ -32,7 +32,6 @@ from ._diffusion_common import (
     llc_summaries,
     load_study_data,
     parse_layers,
-    set_threads,
     stats_of,
     train_cell,
 )
@@ -84,7 +83,6 @@ def _steps(epochs: int, n_train: int, batch: int) -> int:
 # --------------------------------------------------------------------------- stages 1-2
 
 def stage_train(ctx: StageContext) -> dict[str, Any]:
-    set_threads(ctx.cfg("runtime.threads"), ctx.device)
     data = study_data(ctx)
     off, K = ctx.cfg("train.seed_offset"), ctx.cfg("train.seeds")
     steps = _steps(ctx.cfg("train.epochs"), data.n_train, ctx.cfg("train.batch_size"))
@@ -101,7 +99,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def stage_sweep(ctx: StageContext) -> dict[str, Any]:
-    set_threads(ctx.cfg("runtime.threads"), ctx.device)
     if not ctx.cfg("sweep.enabled"):
         return {"enabled": False}
     data = study_data(ctx).to(ctx.device)

@@ -45,11 +45,12 @@ def _timing(ctx) -> dict:
 
 
 def _header(ctx) -> dict:
-    import torch
-
+    # threads of the stages as they were computed (a cached stage keeps its own)
+    threads = sorted({int(info["torch_threads"]) for s, info in ctx.stage_info.items()
+                      if not s.startswith("_") and info.get("torch_threads") is not None})
     return {"study": ctx.study.name, "title": ctx.study.title, "presets": ctx.presets, "sets": ctx.sets,
             "config_hash": ctx.config_hash, "config": ctx.config, "device": ctx.device,
-            "torch_threads": int(torch.get_num_threads()),
+            "torch_threads": "/".join(map(str, threads)) or "n/a",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": _versions(), "timing": _timing(ctx)}
 
 

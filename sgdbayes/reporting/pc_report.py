@@ -391,8 +391,8 @@ def render_markdown(r: dict) -> str:
     a(f"- **Device**: {r['device']}. **Versions**: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".")
     rows = [[s, fmt(t["wall_s"]), t["device"], fmt(t["torch_threads"]), "cache" if t["cached"] else "computed now"]
             for s, t in r["timing"].items()]
-    a("\nWall time per stage (when it was computed; torch uses 1 thread when the machine is already loaded, "
-      "which is faster there):\n")
+    a("\nWall time per stage (when it was computed; torch intra-op threads as set by `--threads`, default 1: "
+      "seeds and SGLD chains already run in one worker thread per core):\n")
     a(_table(["stage", "wall s", "device", "torch threads", "this run"], rows))
     a("")
 

@@ -91,28 +91,30 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def configure_threads(device: str) -> int:
-    """Intra-op threads for torch on CPU: 1 when the machine is already busy, else torch's default.
+def configure_threads(device: str, threads: int = 0) -> int:
+    """torch CPU threads for a study run (the one place a study sets them); returns the count.
 
-    On the small (2-core) machines this runs on, torch's OpenMP threads spin-wait;
-    when other processes already load every core (1-minute load average >= cores),
-    two threads per process ran batched SGLD 5x *slower* than one (measured: 14.7 s
-    vs 2.7 s for 100 models x 40 steps). Thread count changes only speed (and the
-    last bits of float sums), never the configuration; it is recorded in the report.
+    ``threads > 0`` sets that many intra-op threads; ``threads == 0`` (automatic)
+    sets 1 on the CPU. sgdbayes parallelizes over models itself: the engine runs
+    chunks of seeds in worker threads and the SGLD sampler runs row shards in
+    worker threads, one per core, each with one torch thread; torch's OpenMP
+    threads on top of that oversubscribe the cores. Measured on the 2-core
+    machines this runs on: spectral_dimension's default preset took 79 s with
+    1 thread and had not finished after 10 minutes with 2; batched SGLD under
+    load ran 5x slower with 2 threads (14.7 s vs 2.7 s for 100 models x 40
+    steps). Inter-op threads are limited to 1. Threads change speed (and the
+    last bits of float sums), never the configuration: not part of the cache
+    key, recorded in the report.
     """
-    import os
-
     import torch
 
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work has started in this process
+        pass
     if device != "cpu":
         return torch.get_num_threads()
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # pragma: no cover - not on every platform
-        load = 0.0
-    if cores <= 4 and load >= cores:
-        torch.set_num_threads(1)
+    torch.set_num_threads(int(threads) if threads > 0 else 1)
     return torch.get_num_threads()
 
 
@@ -140,6 +142,7 @@ def run_study(
     device: str = "auto",
     out: str | Path | None = None,
     force: bool = False,
+    threads: int = 0,
     cache_root: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
@@ -163,7 +166,7 @@ def run_study(
 
     log(f"[{decl.name}] presets={'+'.join(presets)} seeds={get_key(cfg, decl.seeds_key) if decl.seeds_key else '-'} "
         f"device={dev} config-hash={h}")
-    threads = configure_threads(dev)
+    threads = configure_threads(dev, threads)
     log(f"[{decl.name}] cache: {cache.root}; torch threads: {threads}")
     stages: list[Stage] = list(pipeline.STAGES)
     computed: list[str] = []

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from ..runner.cache import to_jsonable  # noqa: E402
 from .markdown import atomic_savefig, md_table  # noqa: E402
 from .pc_report import fmt, fmt_ci  # noqa: E402
-from .study_report import package_versions, write_study_report  # noqa: E402
+from .study_report import package_versions, preset_label, write_study_report  # noqa: E402
 
 __all__ = ["write_anomalous_diffusion", "write_spectral_dimension", "write_ablations",
            "render_anomalous_diffusion", "render_spectral_dimension", "render_ablations", "EQUIVALENCE_NOTE"]
@@ -208,7 +208,7 @@ def render_anomalous_diffusion(r: dict) -> str:
     L: list[str] = []
     a = L.append
     a("# Anomalous diffusion (paper §3.1.1, Fig 1, eq 11)\n")
-    a(f"Preset **{'+'.join(r['presets'])}**" + (f" with overrides `{' '.join(r['sets'])}`" if r["sets"] else "")
+    a(preset_label(r)
       + f"; {cfg['train']['seeds']} seeds; device {r['device']}; config hash `{r['config_hash']}`; generated "
       f"{r['generated']}; total wall time {fmt(r['wall_total_s'])} s. Every number below is read from "
       f"`results.json` beside this file.\n")
@@ -430,7 +430,7 @@ def render_spectral_dimension(r: dict) -> str:
     L: list[str] = []
     a = L.append
     a("# Spectral dimension vs the LLC (paper §4.1, App G.1, App J Tables 7–8, Figs 2a, 14–15, 18, 21)\n")
-    a(f"Preset **{'+'.join(r['presets'])}**" + (f" with overrides `{' '.join(r['sets'])}`" if r["sets"] else "")
+    a(preset_label(r)
       + f"; data **{d['name']}** ({'local files: ' + str(d['meta'].get('path')) if d['name'] != 'mnist1d' else 'MNIST-1D generated offline, not MNIST'}); "
       f"{e['n_runs']} seeds; device {r['device']}; config hash `{r['config_hash']}`; generated {r['generated']}; "
       f"total wall time {fmt(r['wall_total_s'])} s. Every number below is read from `results.json`.\n")
@@ -642,7 +642,7 @@ def render_ablations(r: dict) -> str:
     L: list[str] = []
     a = L.append
     a("# Ablations: optimizer × learning rate × batch size (paper App H, Figs 7–13, 16–17)\n")
-    a(f"Preset **{'+'.join(r['presets'])}**" + (f" with overrides `{' '.join(r['sets'])}`" if r["sets"] else "")
+    a(preset_label(r)
       + f"; data **{d['name']}** ({'local files' if d['name'] != 'mnist1d' else 'MNIST-1D generated offline, not MNIST'}); "
       f"{len(r['cells'])} cells × {cfg['grid']['seeds']} seeds = {r['n_runs']} runs ({r['n_fitted']} analysed); device "
       f"{r['device']}; config hash `{r['config_hash']}`; generated {r['generated']}; total wall time "

@@ -21,7 +21,7 @@ import numpy as np
 from ..runner.cache import to_jsonable
 from . import figures as F
 from .markdown import md_table
-from .study_report import package_versions, write_study_report
+from .study_report import package_versions, preset_label, write_study_report
 
 __all__ = ["write_report", "build_results", "render_markdown", "fmt", "PAPER_TABLE2_FALLBACK"]
 
@@ -240,7 +240,7 @@ def render_markdown(r: dict) -> str:
     L: list[str] = []
     a = L.append
     a("# Posterior concentration (paper §4.2, App G.4, Figs 3–4, Table 2)\n")
-    a(f"Preset **{'+'.join(r['presets'])}**" + (f" with overrides `{' '.join(r['sets'])}`" if r["sets"] else "")
+    a(preset_label(r)
       + f"; {cfg['train']['seeds']} seeds; device {r['device']}; config hash `{r['config_hash']}`; "
       f"generated {r['generated']}. Every number below is read from `results.json` beside this file.\n")
     a("## Verdicts\n")

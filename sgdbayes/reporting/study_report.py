@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from .._io import atomic_write_text
 from ..runner.cache import to_jsonable
 
-__all__ = ["write_study_report", "package_versions"]
+__all__ = ["write_study_report", "package_versions", "preset_label"]
 
 
 def write_study_report(ctx, build: Callable, figures: Callable, render: Callable) -> Path:
@@ -53,3 +53,8 @@ def package_versions(packages: Iterable[str]) -> dict:
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+def preset_label(r: dict) -> str:
+    """The opening words of every report: ``Preset **p1+p2** with overrides `k=v ...```."""
+    return f"Preset **{'+'.join(r['presets'])}**" + (f" with overrides `{' '.join(r['sets'])}`" if r["sets"] else "")

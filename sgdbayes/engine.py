@@ -55,7 +55,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ._linalg import bmm, single_threaded_blas, transpose_into
+from ._fused_mlp import AugmentedLayout, FusedMLP, augment_inputs
+from ._linalg import single_threaded_blas
 from .data import Dataset, load_dataset, resolve_device
 from .models import MLPSpec
 
@@ -268,101 +269,54 @@ def displacement(w: Tensor, w0: Tensor) -> Tensor:
 
 
 # ============================================================================ blocked storage
-class _Blocked:
-    """K models' parameters in *blocked* layout: one flat buffer in which each
-    parameter tensor of the spec is a contiguous ``[k, *shape]`` block.
+class _EntryLayout:
+    """One block ``[*shape]`` per trainable tensor of the spec (used with batch norm)."""
 
-    Elementwise optimizer updates act on the whole flat buffer; bmm reads and
-    writes contiguous blocks. ``pack`` / ``unpack`` convert to the row layout ``[k, P]``.
-    """
+    def __init__(self, spec: MLPSpec):
+        self.spec = spec
+        self.shapes = [shape for _, shape, _ in spec.layout]
+        self.numels = [int(np.prod(s)) for s in self.shapes]
+        self.n_params = spec.n_params
 
-    def __init__(self, spec: MLPSpec, k: int, device, dtype):
-        self.spec, self.k = spec, k
-        self.flat = torch.zeros(k * spec.n_params, device=device, dtype=dtype)
-        self.views: list[Tensor] = []
-        off = 0
-        for _, shape, _ in spec.layout:
-            n = k * int(np.prod(shape))
-            self.views.append(self.flat[off:off + n].view(k, *shape))
-            off += n
+    def views(self, flat: Tensor, k: int) -> list[Tensor]:
+        out, off = [], 0
+        for shape, n in zip(self.shapes, self.numels):
+            out.append(flat[off:off + k * n].view(k, *shape))
+            off += k * n
+        return out
 
-    def pack(self) -> Tensor:
-        return torch.cat([v.reshape(self.k, -1) for v in self.views], dim=1)
+    def pack(self, blocks: list[Tensor]) -> Tensor:
+        return torch.cat([v.reshape(v.shape[0], -1) for v in blocks], dim=1)
 
-    def unpack(self, w: Tensor) -> None:
-        for v, (_, shape, off) in zip(self.views, self.spec.layout):
+    def unpack(self, w: Tensor, blocks: list[Tensor]) -> None:
+        for v, (_, shape, off) in zip(blocks, self.spec.layout):
             v.copy_(w[:, off:off + int(np.prod(shape))].reshape(v.shape))
 
 
-# ============================================================================ fused MLP
-class _FusedMLP:
-    """Hand-written forward/backward of a plain ReLU MLP (no batch norm) on
-    blocked parameters, into preallocated buffers (no autograd).
+class _Blocked:
+    """K models' parameters in a *blocked* layout: one flat buffer in which each block
+    of the layout (:class:`sgdbayes._fused_mlp.AugmentedLayout` for plain MLPs: one
+    ``[k, out, in + 1]`` block per layer; :class:`_EntryLayout` with batch norm) is
+    contiguous over the k models.
 
-    h_l = a_{l-1} W_l^T + b_l, a_l = relu(h_l); logits z = h_L;
-    dz = (softmax(z) - onehot(y)) / B; dW_l = dh_l^T a_{l-1}; db_l = sum_b dh_l;
-    da_{l-1} = dh_l W_l; dh_{l-1} = da_{l-1} * 1[h_{l-1} > 0].
+    Elementwise optimizer updates act on the whole flat buffer; products read and
+    write contiguous blocks. ``pack`` / ``unpack`` convert to the row layout ``[k, P]``.
     """
 
-    # On the CPU the models of a chunk are processed in blocks of this many, reusing one
-    # set of activation buffers, so that a block's forward/backward stays in cache (the
-    # buffers of 250 moons models are 8 MB each; elementwise passes then run at memory
-    # bandwidth). Per-model results do not depend on it.
-    CPU_BLOCK = 64
+    def __init__(self, layout, k: int, device, dtype):
+        self.layout, self.k = layout, k
+        self.flat = torch.zeros(k * layout.n_params, device=device, dtype=dtype)
+        self.views = layout.views(self.flat, k)
 
-    def __init__(self, spec: MLPSpec, k: int, B: int, device, dtype):
-        self.spec, self.k, self.B = spec, k, B
-        self.block = min(k, self.CPU_BLOCK) if torch.device(device).type == "cpu" else k
-        kb = self.block
-        ws = spec.widths
-        L = spec.n_layers
-        self.H = [torch.empty(kb, B, ws[l + 1], device=device, dtype=dtype) for l in range(L)]
-        self.G = [torch.empty(kb, B, ws[l + 1], device=device, dtype=dtype) for l in range(L - 1)]
-        self.neg = torch.full((kb, B, 1), -1.0, device=device, dtype=dtype)
-        # contiguous W_l^T copies for layers with a wide output: a @ W^T through a
-        # transposed view is slow there (see sgdbayes._linalg)
-        self.WT = {l: torch.empty(kb, ws[l], ws[l + 1], device=device, dtype=dtype)
-                   for l in range(L) if ws[l + 1] >= 8}
+    def rows(self, flat: Tensor) -> list[Tensor]:
+        """``[k, n_block]`` views, one per block, of a buffer with this layout."""
+        return [v.reshape(self.k, -1) for v in self.layout.views(flat, self.k)]
 
-    def loss_and_grad(self, params: _Blocked, grads: _Blocked, x: Tensor, y: Tensor):
-        """Fill ``grads`` with d(mean CE)/dw per model; return (loss [k], correct-count [k])."""
-        if self.block >= self.k:
-            return self._loss_and_grad(params.views, grads.views, x, y)
-        out = [self._loss_and_grad([v[s:s + self.block] for v in params.views],
-                                   [v[s:s + self.block] for v in grads.views],
-                                   x[s:s + self.block], y[s:s + self.block])
-               for s in range(0, self.k, self.block)]
-        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+    def pack(self) -> Tensor:
+        return self.layout.pack(self.views)
 
-    def _loss_and_grad(self, P: list[Tensor], G: list[Tensor], x: Tensor, y: Tensor):
-        L = self.spec.n_layers
-        n = x.shape[0]
-        H = [h[:n] for h in self.H]
-        a = x
-        for l in range(L):
-            W, b = P[2 * l], P[2 * l + 1]
-            Wt = transpose_into(W, self.WT[l][:n]) if l in self.WT else W.transpose(1, 2)
-            bmm(a, Wt, H[l]).add_(b.unsqueeze(1))
-            if l < L - 1:
-                H[l].clamp_(min=0)
-            a = H[l]
-        z = H[L - 1]
-        logp = torch.log_softmax(z, dim=2)
-        yi = y.unsqueeze(2)
-        loss = logp.gather(2, yi).squeeze(2).mean(dim=1).neg_()
-        correct = (z.argmax(dim=2) == y).sum(dim=1)
-        g = logp.exp_()
-        g.scatter_add_(2, yi, self.neg[:n])
-        g.mul_(1.0 / self.B)
-        for l in range(L - 1, -1, -1):
-            a_in = x if l == 0 else H[l - 1]
-            bmm(g.transpose(1, 2), a_in, G[2 * l])
-            torch.sum(g, dim=1, out=G[2 * l + 1])
-            if l > 0:
-                ga = bmm(g, P[2 * l], self.G[l - 1][:n])
-                # relu'(h) = 1[h > 0] = 1[a > 0]; in place, no allocation
-                g = torch.ops.aten.threshold_backward.grad_input(ga, H[l - 1], 0, grad_input=ga)
-        return loss, correct
+    def unpack(self, w: Tensor) -> None:
+        self.layout.unpack(w, self.views)
 
 
 # ============================================================================ optimizers
@@ -547,21 +501,22 @@ class _ChunkRun:
         self.k = k
         self.t = 0
         self.w0 = spec.init(self.seeds, device=device, dtype=dtype)
-        self.params = _Blocked(spec, k, device, dtype)
+        self.layout = _EntryLayout(spec) if spec.batchnorm else AugmentedLayout(spec)
+        self.params = _Blocked(self.layout, k, device, dtype)
         self.params.unpack(self.w0)
-        self.grads = _Blocked(spec, k, device, dtype)
+        self.grads = _Blocked(self.layout, k, device, dtype)
         self.bn_state = spec.init_bn_state(k, device=device, dtype=dtype)
         self.opt = _Optimizer(cfg, self.params.flat)
         self.active = torch.ones(k, dtype=torch.bool, device=device)
         self.diverged_step = np.full(k, -1, dtype=np.int64)
-        self.fused = None if spec.batchnorm else _FusedMLP(spec, k, cfg.batch_size, device, dtype)
+        self.fused = None if spec.batchnorm else FusedMLP(spec, k, cfg.batch_size, device, dtype)
         self.batches = _BatchStream(self.seeds, data.n_train, cfg.batch_size, cfg.batch_stream, device)
         self.hook_rows: dict[str, list] = {h.name: [] for h in hooks}
         self.state = EnsembleState(self)
 
     def _loss_grad(self, xb, yb):
         if self.fused is not None:
-            return self.fused.loss_and_grad(self.params, self.grads, xb, yb)
+            return self.fused.loss_and_grad(self.params.views, self.grads.views, xb, yb)
         w = self.params.pack().requires_grad_(True)
         with torch.enable_grad():
             z = self.spec.forward(w, xb, bn_state=self.bn_state, train=True)
@@ -585,10 +540,15 @@ class _ChunkRun:
         tl = np.full((G, k), np.nan)
         ta = np.full((G, k), np.nan)
         x_all, y_all = self.data.x_train, self.data.y_train
+        if self.fused is not None:  # inputs with a ones column (the bias enters the products)
+            x_all = augment_inputs(x_all)
         d_in = x_all.shape[1]
-        w0_blocked = _Blocked(self.spec, k, x_all.device, x_all.dtype)
+        # minibatches are gathered into fixed buffers
+        xb = torch.empty(k, B, d_in, device=x_all.device, dtype=x_all.dtype)
+        yb = torch.empty(k, B, device=y_all.device, dtype=y_all.dtype)
+        w0_blocked = _Blocked(self.layout, k, x_all.device, x_all.dtype)
         w0_blocked.unpack(self.w0)
-        diff = _Blocked(self.spec, k, x_all.device, x_all.dtype)
+        diff = _Blocked(self.layout, k, x_all.device, x_all.dtype)
         loss_sum = torch.zeros(k, dtype=torch.float64, device=x_all.device)
         corr_sum = torch.zeros(k, dtype=torch.float64, device=x_all.device)
         n_acc = 0
@@ -597,8 +557,8 @@ class _ChunkRun:
         frozen = None
         for t in range(1, self.n_steps + 1):
             idx = self.batches.next()
-            xb = x_all.index_select(0, idx).view(k, B, d_in)
-            yb = y_all.index_select(0, idx).view(k, B)
+            torch.index_select(x_all, 0, idx, out=xb.view(k * B, d_in))
+            torch.index_select(y_all, 0, idx, out=yb.view(k * B))
             if frozen is not None:
                 saved = [s.index_select(0, frozen) for s in self._row_tensors()]
             bn_prev = None if self.bn_state is None else self.bn_state.clone()
@@ -643,13 +603,8 @@ class _ChunkRun:
     def _row_tensors(self) -> list[Tensor]:
         """Per-seed state tensors (first dim k): parameter and optimizer blocks, BN stats."""
         out = list(self.params.views)
-        k = self.k
         for s in self.opt.state_tensors():
-            off = 0
-            for _, shape, _ in self.spec.layout:
-                n = k * int(np.prod(shape))
-                out.append(s[off:off + n].view(k, -1))
-                off += n
+            out += self.params.rows(s)
         if self.bn_state is not None:
             out.append(self.bn_state)
         return out

@@ -250,3 +250,57 @@ def test_row_sharding_over_threads_does_not_change_draws():
     torch.testing.assert_close(a.full_losses, b.full_losses, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.weights, b.weights, rtol=1e-5, atol=1e-6)
     assert not a.diverged.any() and not b.diverged.any()
+
+
+class _KernelOnlyMLPPotential(MLPPotential):
+    """The same potential without its in-place stepper: run_chains uses the public kernel."""
+
+    stepper = None
+
+
+@pytest.mark.parametrize("batch_size", [32, None])
+def test_mlp_inplace_stepper_equals_public_kernel(batch_size):
+    """run_chains on MLPPotential (in-place blocked stepper) gives the numbers of the public
+    build()/update() kernel on row-layout weights: draws, full-data losses, recorded weights,
+    with weight decay and a centre different from the start."""
+    spec = MLPSpec((2, 8, 6, 3))
+    x, y = _moons_xy(n=96)
+    y = y % 3
+    x = x.double()
+    w0 = spec.init(list(range(5))).double()
+    centers = w0 + 0.01 * torch.randn(w0.shape, generator=torch.Generator().manual_seed(0), dtype=w0.dtype)
+    kern = SGLDConfig(step_size=1e-3, nbeta=30.0, localization=50.0, weight_decay=0.1)
+    sched = DrawSchedule(num_draws=10, num_burnin_steps=3, num_steps_bw_draws=2)
+    runs = []
+    for cls in (MLPPotential, _KernelOnlyMLPPotential):
+        pot = cls(spec, x, y)
+        streams = ChainStreams(chain_seeds(2, range(5), 1), n=96, batch_size=batch_size, n_params=spec.n_params,
+                               dtype=torch.float64)
+        runs.append(run_chains(pot, w0, kern, sched, streams, record_weights=True, record_full_loss=True,
+                               centers=centers, workers=1))
+    a, b = runs
+    torch.testing.assert_close(a.losses, b.losses, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(a.full_losses, b.full_losses, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(a.weights, b.weights, rtol=1e-12, atol=1e-13)
+    assert not a.diverged.any()
+
+
+def test_mlp_inplace_stepper_divergence_matches_public_kernel():
+    """A step size far too large: the in-place stepper flags the same chains at the same steps
+    as the public kernel and resets them to their centres (no NaN reaches later draws)."""
+    spec = MLPSpec((2, 8, 2))
+    x, y = _moons_xy(n=64)
+    w0 = spec.init(list(range(6)))
+    kern = SGLDConfig(step_size=3.0, nbeta=500.0, localization=0.0)
+    sched = DrawSchedule(num_draws=60)
+    runs = []
+    for cls in (MLPPotential, _KernelOnlyMLPPotential):
+        streams = ChainStreams(chain_seeds(0, range(6), 1), n=64, batch_size=16, n_params=spec.n_params)
+        runs.append(run_chains(cls(spec, x, y), w0, kern, sched, streams, workers=1))
+    a, b = runs
+    assert a.diverged.any()
+    assert torch.equal(a.diverged, b.diverged)
+    assert torch.equal(a.diverged_step, b.diverged_step)
+    for run in runs:
+        for r in torch.nonzero(run.diverged).flatten().tolist():
+            assert torch.isnan(run.losses[r, run.diverged_step[r]:]).all()

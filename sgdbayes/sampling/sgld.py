@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._linalg import bmm, single_threaded_blas, transpose_into
+from .._fused_mlp import AugmentedLayout, FusedMLP, augment_inputs
+from .._linalg import single_threaded_blas
 
 __all__ = [
     "BatchedPotential",
@@ -372,11 +374,9 @@ def run_chains(loss_fn: Callable[[Tensor, Optional[Tensor]], Tensor], w0: Tensor
     M, P = w0.shape
     if streams.M != M or streams.P != P:
         raise ValueError(f"streams are for [{streams.M}, {streams.P}] but w0 is {tuple(w0.shape)}")
-    tr = build(loss_fn, kernel)
-    state = tr.init(w0)
     if centers is not None:
         check_weights(centers, "centers", n_params=P)
-        state = state._replace(center=centers.detach().clone())
+    centers = (w0 if centers is None else centers).detach()
     D = schedule.num_draws
     nan = float("nan")
     losses = torch.full((M, D), nan, dtype=w0.dtype, device=w0.device)
@@ -397,8 +397,8 @@ def run_chains(loss_fn: Callable[[Tensor, Optional[Tensor]], Tensor], w0: Tensor
         pool = ThreadPoolExecutor(max_workers=1) if spare else None
         try:
             fut = pool.submit(streams.noise, bufs[0]) if pool is not None else None
-            d = _run_loop(tr, state, loss_fn, schedule, streams, pool, fut, bufs, losses, full_losses, weights,
-                          diverged, diverged_step, record_full_loss, record_weights)
+            d = _run_loop(_stepper(loss_fn, kernel, w0, centers), loss_fn, schedule, streams, pool, fut, bufs,
+                          losses, full_losses, weights, diverged, diverged_step, record_full_loss, record_weights)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -411,9 +411,9 @@ def run_chains(loss_fn: Callable[[Tensor, Optional[Tensor]], Tensor], w0: Tensor
 
         def job(k):
             a, b = bounds[k]
-            st = SGLDState(w=state.w[a:b], center=state.center[a:b], loss=state.loss[a:b], step=0)
             buf = [torch.empty(b - a, P, dtype=w0.dtype, device=w0.device)]
-            return _run_loop(tr, st, loss_fn, schedule, shards[k], None, None, buf, losses[a:b],
+            return _run_loop(_stepper(loss_fn, kernel, w0[a:b], centers[a:b]), loss_fn, schedule, shards[k],
+                             None, None, buf, losses[a:b],
                              None if full_losses is None else full_losses[a:b],
                              None if weights is None else weights[a:b], diverged[a:b], diverged_step[a:b],
                              record_full_loss, record_weights)
@@ -440,7 +440,40 @@ def _auto_workers(loss_fn, w0: Tensor) -> int:
     return min(cores, 2)
 
 
-def _run_loop(tr, state, loss_fn, schedule, streams, pool, fut, bufs, losses, full_losses, weights,
+class _KernelStepper:
+    """Chains advanced by the public kernel (:func:`build`) on row-layout weights."""
+
+    def __init__(self, loss_fn, kernel: SGLDConfig, w0: Tensor, centers: Tensor):
+        self.tr = build(loss_fn, kernel)
+        self.state = self.tr.init(w0)._replace(center=centers.detach().clone())
+
+    def rows(self) -> Tensor:
+        return self.state.w
+
+    def step(self, batch, noise: Tensor) -> Tensor:
+        self.state = self.tr.update(self.state, batch, noise)
+        return self.state.loss
+
+    def finite_rows(self) -> Tensor:
+        return torch.isfinite(self.state.w).all(dim=1)
+
+    def reset(self, rows: Tensor) -> None:
+        st = self.state
+        self.state = st._replace(w=torch.where(rows.unsqueeze(1), st.center, st.w))
+
+
+def _stepper(loss_fn, kernel: SGLDConfig, w0: Tensor, centers: Tensor):
+    """The potential's own in-place stepper when it has one (``loss_fn.stepper``), else
+    the public kernel. Both apply the same update to the same numbers."""
+    make = getattr(loss_fn, "stepper", None)
+    if make is not None:
+        st = make(kernel, w0, centers)
+        if st is not None:
+            return st
+    return _KernelStepper(loss_fn, kernel, w0, centers)
+
+
+def _run_loop(stepper, loss_fn, schedule, streams, pool, fut, bufs, losses, full_losses, weights,
               diverged, diverged_step, record_full_loss, record_weights) -> int:
     nan = float("nan")
     d = 0
@@ -452,24 +485,24 @@ def _run_loop(tr, state, loss_fn, schedule, streams, pool, fut, bufs, losses, fu
                 fut = pool.submit(streams.noise, bufs[(i + 1) % 2])
         else:
             noise = streams.noise(out=bufs[0])
-        w_pre = state.w
-        if record_full_loss and schedule.is_draw(i):
+        draw = schedule.is_draw(i)
+        w_pre = stepper.rows() if draw and (record_full_loss or record_weights) else None
+        if draw and record_full_loss:
             with torch.no_grad():
                 fl = loss_fn(w_pre, None)
-        state = tr.update(state, batch, noise)
+        loss = stepper.step(batch, noise)
         with torch.no_grad():
-            bad = ~torch.isfinite(state.loss)
+            bad = ~torch.isfinite(loss)
             if i % 25 == 0 or i == schedule.num_steps - 1:
-                bad |= ~torch.isfinite(state.w).all(dim=1)
+                bad |= ~stepper.finite_rows()
             new_bad = bad & ~diverged
             if bool(new_bad.any()):
                 diverged_step[new_bad] = i
                 diverged |= new_bad
             if bool(diverged.any()):
-                w_fix = torch.where(diverged.unsqueeze(1), state.center, state.w)
-                state = state._replace(w=w_fix)
-            if schedule.is_draw(i):
-                lrow = state.loss.clone()
+                stepper.reset(diverged)
+            if draw:
+                lrow = loss.clone()
                 # a row diverged at or before step i has no valid draw at step i
                 lrow[diverged] = nan
                 losses[:, d] = lrow
@@ -521,6 +554,8 @@ class MLPPotential:
         self.y = y
         self.n = int(x.shape[0])
         self.n_params = spec.n_params
+        self._ws: dict = {}
+        self._ws_lock = threading.Lock()
 
     def __call__(self, w: Tensor, idx: Optional[Tensor]) -> Tensor:
         if idx is None:
@@ -531,60 +566,149 @@ class MLPPotential:
     def loss_and_grad(self, w: Tensor, idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-row mean cross-entropy ``[M]`` and its gradient ``[M, P]``.
 
-        Hand-written backward for plain ReLU MLPs (no batch norm; falls back to
-        autograd otherwise), ~1.3x faster than autograd on CPU:
-        dz = (softmax(z) − onehot(y))/B, dW_l = dh_lᵀ a_{l−1}, db_l = Σ_b dh_l,
-        dh_{l−1} = (dh_l W_l) ⊙ 1[h_{l−1} > 0]. Equality with autograd is tested.
+        Plain ReLU MLPs use the hand-written forward/backward of
+        :class:`sgdbayes._fused_mlp.FusedMLP` (dz = (softmax(z) − onehot(y))/B,
+        dW_l = dh_lᵀ a_{l−1}, db_l = Σ_b dh_l, dh_{l−1} = (dh_l W_l) ⊙ 1[h_{l−1} > 0]);
+        batch norm falls back to autograd. Equality with autograd is tested.
+        Thread-safe: each calling thread gets its own workspace.
         """
-        spec = self.spec
-        if spec.batchnorm:
+        if self.spec.batchnorm:
             wg = w.detach().requires_grad_(True)
             with torch.enable_grad():
                 loss = self(wg, idx)
                 (g,) = torch.autograd.grad(loss.sum(), wg)
             return loss.detach(), g
         M = w.shape[0]
+        ws = self._workspace(M, self.n if idx is None else idx.shape[1], w.device, w.dtype)
+        ws.layout.unpack(w, ws.P)
         if idx is None:
-            xb = self.x.unsqueeze(0).expand(M, -1, -1)
-            yb = self.y.unsqueeze(0).expand(M, -1)
+            xa = ws.x_aug.unsqueeze(0).expand(M, -1, -1)
+            yb = self.y.to(w.device).unsqueeze(0).expand(M, -1)
         else:
-            xb, yb = self.x[idx], self.y[idx]
-        B = xb.shape[1]
-        lay = spec.layout
-        L = spec.n_layers
-        Ws, bs = [], []
-        for l in range(L):
-            (_, sw, ow), (_, sb, ob) = lay[2 * l], lay[2 * l + 1]
-            Ws.append(w[:, ow:ow + sw[0] * sw[1]].view(M, sw[0], sw[1]))
-            bs.append(w[:, ob:ob + sb[0]])
-        H = []
-        a = xb
-        for l in range(L):
-            n_out = Ws[l].shape[1]
-            # wide outputs: a contiguous W^T copy is faster than a transposed view (sgdbayes._linalg)
-            Wt = (transpose_into(Ws[l], w.new_empty(M, Ws[l].shape[2], n_out)) if n_out >= 8
-                  else Ws[l].transpose(1, 2))
-            h = bmm(a, Wt, w.new_empty(M, B, n_out)).add_(bs[l].unsqueeze(1))
-            if l < L - 1:
-                h.clamp_(min=0)
-            H.append(h)
-            a = h
-        logp = torch.log_softmax(a, dim=2)
-        yi = yb.unsqueeze(2)
-        loss = logp.gather(2, yi).squeeze(2).mean(dim=1).neg_()
-        g = logp.exp_()
-        g.scatter_add_(2, yi, torch.full((M, B, 1), -1.0, dtype=g.dtype, device=g.device))
-        g.mul_(1.0 / B)
-        parts: list = [None] * (2 * L)
-        for l in range(L - 1, -1, -1):
-            a_in = xb if l == 0 else H[l - 1]
-            parts[2 * l] = bmm(g.transpose(1, 2), a_in, w.new_empty(M, g.shape[2], a_in.shape[2])).reshape(M, -1)
-            parts[2 * l + 1] = g.sum(dim=1)
-            if l > 0:
-                # relu backward (H holds relu outputs: H > 0 exactly where the pre-activation > 0), in place
-                ga = bmm(g, Ws[l], w.new_empty(M, B, Ws[l].shape[2]))
-                g = torch.ops.aten.threshold_backward.grad_input(ga, H[l - 1], 0, grad_input=ga)
-        return loss, torch.cat(parts, dim=1)
+            B = idx.shape[1]
+            flat = idx.reshape(-1)
+            xa, yb = ws.xa, ws.yb
+            torch.index_select(ws.x_aug, 0, flat, out=xa.view(M * B, -1))
+            torch.index_select(ws.y, 0, flat, out=yb.view(M * B))
+        loss, _ = ws.fused.loss_and_grad(ws.P, ws.G, xa, yb, accuracy=False)
+        return loss, ws.layout.pack(ws.G)
+
+    def stepper(self, kernel: SGLDConfig, w0: Tensor, centers: Tensor) -> Optional["_MLPStepper"]:
+        """In-place SGLD on the fused kernel's own parameter layout (used by :func:`run_chains`);
+        None with batch norm (the generic kernel is used then)."""
+        return None if self.spec.batchnorm else _MLPStepper(self, kernel, w0, centers)
+
+    def _workspace(self, M: int, B: int, device, dtype) -> "_MLPWorkspace":
+        key = (threading.get_ident(), M, B, device, dtype)
+        with self._ws_lock:
+            ws = self._ws.get(key)
+            if ws is None:
+                if len(self._ws) >= 8:  # shapes change rarely; don't grow without bound
+                    self._ws.clear()
+                ws = self._ws[key] = _MLPWorkspace(self, M, B, device, dtype)
+        return ws
+
+
+class _MLPWorkspace:
+    """Preallocated buffers of :meth:`MLPPotential.loss_and_grad` for one (thread, M, B)."""
+
+    def __init__(self, pot: MLPPotential, M: int, B: int, device, dtype):
+        self.layout = AugmentedLayout(pot.spec)
+        self.P = self.layout.views(torch.empty(M * pot.n_params, device=device, dtype=dtype), M)
+        self.G = self.layout.views(torch.empty(M * pot.n_params, device=device, dtype=dtype), M)
+        self.x_aug = augment_inputs(pot.x.to(device=device, dtype=dtype))
+        self.y = pot.y.to(device)
+        self.xa = torch.empty(M, B, self.x_aug.shape[1], device=device, dtype=dtype)
+        self.yb = torch.empty(M, B, device=device, dtype=self.y.dtype)
+        self.fused = FusedMLP(pot.spec, M, B, device, dtype)
+
+
+class _MLPStepper:
+    """M chains of SGLD on :class:`MLPPotential`, held in the blocked ``[W | b]`` layout of
+    :class:`sgdbayes._fused_mlp.AugmentedLayout` and updated in place: no conversion of
+    weights and gradients to and from rows each step. The update is the kernel's
+    (:func:`build`), term by term in the same order, so it gives the same numbers;
+    the row-layout noise is added block by block, entry ``j`` of a chain's noise to its
+    parameter ``j``.
+    """
+
+    def __init__(self, pot: MLPPotential, kernel: SGLDConfig, w0: Tensor, centers: Tensor):
+        M = w0.shape[0]
+        self.pot, self.M = pot, M
+        self.layout = lay = AugmentedLayout(pot.spec)
+        dev, dt = w0.device, w0.dtype
+        n = M * pot.n_params
+        self._flat = [torch.empty(n, device=dev, dtype=dt) for _ in range(2)]  # current / next
+        self._views = [lay.views(f, M) for f in self._flat]
+        self.cur = 0
+        lay.unpack(w0.detach(), self._views[0])
+        self.center = torch.empty(n, device=dev, dtype=dt)
+        self.center_v = lay.views(self.center, M)
+        lay.unpack(centers.detach(), self.center_v)
+        self.gflat = torch.empty(n, device=dev, dtype=dt)
+        self.gv = lay.views(self.gflat, M)
+        self.tmp = torch.empty(n, device=dev, dtype=dt) if kernel.localization != 0.0 else None
+        self.kernel = kernel
+        eps = kernel.step_size
+        self.a_grad = -0.5 * eps * kernel.nbeta
+        self.a_wd = -0.5 * eps * kernel.weight_decay
+        self.a_loc = -0.5 * eps * kernel.localization
+        self.noise_scale = math.sqrt(eps) * kernel.noise_level
+        # (block, slice of the noise row) pairs: W_l then b_l, in the row layout's order
+        self._noise_parts = []
+        off = 0
+        for l, (o, i1) in enumerate(lay.shapes):
+            self._noise_parts.append((l, slice(None, -1), slice(off, off + o * (i1 - 1)), (M, o, i1 - 1)))
+            off += o * (i1 - 1)
+            self._noise_parts.append((l, -1, slice(off, off + o), (M, o)))
+            off += o
+        self._B = None
+        self.fused = None
+
+    def rows(self) -> Tensor:
+        return self.layout.pack(self._views[self.cur])
+
+    def step(self, batch, noise: Tensor) -> Tensor:
+        pot, M = self.pot, self.M
+        P = self._views[self.cur]
+        B = pot.n if batch is None else batch.shape[1]
+        if self._B != B:
+            self._B = B
+            self.ws = pot._workspace(M, B, self.gflat.device, self.gflat.dtype)
+        ws = self.ws
+        if batch is None:
+            xa = ws.x_aug.unsqueeze(0).expand(M, -1, -1)
+            yb = ws.y.unsqueeze(0).expand(M, -1)
+        else:
+            flat = batch.reshape(-1)
+            xa, yb = ws.xa, ws.yb
+            torch.index_select(ws.x_aug, 0, flat, out=xa.view(M * B, -1))
+            torch.index_select(ws.y, 0, flat, out=yb.view(M * B))
+        loss, _ = ws.fused.loss_and_grad(P, self.gv, xa, yb, accuracy=False)
+        # w - (eps/2)[nbeta g + wd w + gamma (w - w*)] + sqrt(eps) sigma xi  (as in build())
+        w, nxt = self._flat[self.cur], self._flat[1 - self.cur]
+        torch.add(w, self.gflat, alpha=self.a_grad, out=nxt)
+        if self.a_wd != 0.0:
+            nxt.add_(w, alpha=self.a_wd)
+        if self.tmp is not None:
+            nxt.add_(torch.sub(w, self.center, out=self.tmp), alpha=self.a_loc)
+        V = self._views[1 - self.cur]
+        for l, cols, sl, shape in self._noise_parts:
+            V[l][:, :, cols].add_(noise[:, sl].view(shape), alpha=self.noise_scale)
+        self.cur = 1 - self.cur
+        return loss
+
+    def finite_rows(self) -> Tensor:
+        ok = None
+        for v in self._views[self.cur]:
+            f = torch.isfinite(v).view(self.M, -1).all(dim=1)
+            ok = f if ok is None else ok & f
+        return ok
+
+    def reset(self, rows: Tensor) -> None:
+        idx = torch.nonzero(rows).flatten()
+        for v, c in zip(self._views[self.cur], self.center_v):
+            v.index_copy_(0, idx, c.index_select(0, idx))
 
 
 class ModulePotential:

@@ -62,9 +62,17 @@ def test_streams_are_per_chain_and_batching_invariant():
     assert seeds_all[2:4] == seeds_one
     s_all = ChainStreams(seeds_all, n=100, batch_size=30, n_params=7)
     s_one = ChainStreams(seeds_one, n=100, batch_size=30, n_params=7)
-    for _ in range(8):  # spans epoch boundaries (3 batches per epoch)
+    assert s_all.noise_chunk == s_one.noise_chunk == 8
+    for _ in range(20):  # spans epoch boundaries (3 batches per epoch) and noise chunks (8 steps)
         assert torch.equal(s_all.next_batch()[2:4], s_one.next_batch())
         assert torch.equal(s_all.noise()[2:4], s_one.noise())
+    # noise drawn a chunk at a time equals noise drawn step by step from the same generators
+    a = ChainStreams(seeds_one, n=100, batch_size=30, n_params=7)
+    b = ChainStreams(seeds_one, n=100, batch_size=30, n_params=7)
+    chunks = torch.cat([a.draw_noise_chunk() for _ in range(3)], dim=1)
+    steps = torch.stack([b.noise().clone() for _ in range(24)], dim=1)
+    assert torch.equal(chunks, steps)
+    assert not torch.equal(steps[:, 0], steps[:, 1])
     b = ChainStreams(seeds_one, n=100, batch_size=30, n_params=7)
     idx = torch.cat([b.next_batch() for _ in range(3)], dim=1)
     assert all(len(set(r.tolist())) == 90 for r in idx)  # without replacement within an epoch
@@ -241,10 +249,18 @@ def test_row_sharding_over_threads_does_not_change_draws():
     kern = SGLDConfig(step_size=1e-4, nbeta=20.0, localization=100.0)
     sched = DrawSchedule(num_draws=12, num_burnin_steps=5, num_steps_bw_draws=2)
     runs = []
-    for workers in (1, 3):
-        streams = ChainStreams(chain_seeds(1, range(7), 1), n=x.shape[0], batch_size=32, n_params=spec.n_params)
-        runs.append(run_chains(pot, w0, kern, sched, streams, record_weights=True, record_full_loss=True,
-                               workers=workers))
+    threads = torch.get_num_threads()
+    try:
+        # one torch thread leaves a core spare: workers=1 then draws the next chunk of noise in
+        # a background thread while the current one is used (the other code path)
+        torch.set_num_threads(1)
+        for workers in (1, 3):
+            streams = ChainStreams(chain_seeds(1, range(7), 1), n=x.shape[0], batch_size=32,
+                                   n_params=spec.n_params)
+            runs.append(run_chains(pot, w0, kern, sched, streams, record_weights=True, record_full_loss=True,
+                                   workers=workers))
+    finally:
+        torch.set_num_threads(threads)
     a, b = runs
     torch.testing.assert_close(a.losses, b.losses, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.full_losses, b.full_losses, rtol=1e-5, atol=1e-6)

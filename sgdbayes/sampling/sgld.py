@@ -283,6 +283,11 @@ class ChainStreams:
     within an epoch; a new permutation each epoch; an incomplete final slice is
     dropped so every batch has exactly B points). ``batch_size=None`` or
     ``>= n`` means full batch (``next_batch`` returns ``None``).
+
+    Noise: each row draws ``torch.randn(S, P)`` from its generator for the next S
+    steps at once (S = :func:`noise_chunk_steps` (P), a function of P only, so a row's
+    noise does not depend on the other rows). One call per row per S steps instead of
+    per step: with two threads sharing the GIL, each call is a hand-off.
     """
 
     def __init__(self, seeds: Sequence[tuple[int, int]], n: int, batch_size: Optional[int],
@@ -301,6 +306,9 @@ class ChainStreams:
         self.dtype = dtype
         self._perm: Optional[Tensor] = None
         self._pos = self.n  # forces a shuffle on first use
+        self.noise_chunk = noise_chunk_steps(n_params)
+        self._noise: Optional[Tensor] = None   # [M, S, P]
+        self._npos = self.noise_chunk          # forces generation on first use
 
     def next_batch(self) -> Optional[Tensor]:
         if self.full_batch:
@@ -324,15 +332,35 @@ class ChainStreams:
             sh.data_gens = self.data_gens[a:b]
             sh.M = b - a
             sh._perm = None if self._perm is None else self._perm[a:b]
+            sh._noise = None if self._noise is None else self._noise[a:b]
             out.append(sh)
         return out
 
     def noise(self, out: Optional[Tensor] = None) -> Tensor:
+        """Standard normal ``[M, P]`` for the next step: a view into the current chunk (valid
+        until the next chunk is drawn, i.e. for this step), or copied into ``out`` when given."""
+        if self._npos >= self.noise_chunk:
+            self._noise = self.draw_noise_chunk(self._noise)
+            self._npos = 0
+        view = self._noise[:, self._npos]
+        self._npos += 1
+        return view if out is None else out.copy_(view)
+
+
+    def draw_noise_chunk(self, out: Optional[Tensor] = None) -> Tensor:
+        """The next ``noise_chunk`` steps of noise of every row, ``[M, S, P]``. Use either
+        this or :meth:`noise` on one stream, not both."""
         if out is None:
-            out = torch.empty(self.M, self.P, device=self.device, dtype=self.dtype)
+            out = torch.empty(self.M, self.noise_chunk, self.P, device=self.device, dtype=self.dtype)
         for r, g in enumerate(self.noise_gens):
-            torch.randn(self.P, generator=g, out=out[r])
+            torch.randn(self.noise_chunk, self.P, generator=g, out=out[r])
         return out
+
+
+def noise_chunk_steps(n_params: int) -> int:
+    """Steps of noise a chain draws per generator call: ``clamp(2**15 // P, 1, 8)``
+    (8 steps for the 4418-parameter moons MLP; 1 for models above 32k parameters)."""
+    return max(1, min(8, (1 << 15) // max(1, int(n_params))))
 
 
 @dataclass
@@ -389,14 +417,15 @@ def run_chains(loss_fn: Callable[[Tensor, Optional[Tensor]], Tensor], w0: Tensor
     workers = max(1, min(int(workers), M))
     t0 = time.perf_counter()
     if workers == 1:
-        # noise for step i+1 is generated in a worker thread (double buffer) while step i
-        # computes, when a spare core exists; each generator is still used strictly
-        # sequentially, so the draws are unchanged
-        bufs = [torch.empty(M, P, dtype=w0.dtype, device=w0.device) for _ in range(2)]
+        # the next chunk of noise is generated in a worker thread (double buffer) while the
+        # current one is used, when a spare core exists; each generator is still used
+        # strictly sequentially, so the draws are unchanged
         spare = w0.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
         pool = ThreadPoolExecutor(max_workers=1) if spare else None
+        bufs = ([torch.empty(M, streams.noise_chunk, P, dtype=w0.dtype, device=w0.device) for _ in range(2)]
+                if spare else None)
         try:
-            fut = pool.submit(streams.noise, bufs[0]) if pool is not None else None
+            fut = pool.submit(streams.draw_noise_chunk, bufs[0]) if pool is not None else None
             d = _run_loop(_stepper(loss_fn, kernel, w0, centers), loss_fn, schedule, streams, pool, fut, bufs,
                           losses, full_losses, weights, diverged, diverged_step, record_full_loss, record_weights)
         finally:
@@ -411,9 +440,8 @@ def run_chains(loss_fn: Callable[[Tensor, Optional[Tensor]], Tensor], w0: Tensor
 
         def job(k):
             a, b = bounds[k]
-            buf = [torch.empty(b - a, P, dtype=w0.dtype, device=w0.device)]
             return _run_loop(_stepper(loss_fn, kernel, w0[a:b], centers[a:b]), loss_fn, schedule, shards[k],
-                             None, None, buf, losses[a:b],
+                             None, None, None, losses[a:b],
                              None if full_losses is None else full_losses[a:b],
                              None if weights is None else weights[a:b], diverged[a:b], diverged_step[a:b],
                              record_full_loss, record_weights)
@@ -477,14 +505,18 @@ def _run_loop(stepper, loss_fn, schedule, streams, pool, fut, bufs, losses, full
               diverged, diverged_step, record_full_loss, record_weights) -> int:
     nan = float("nan")
     d = 0
+    any_diverged = bool(diverged.any())
     for i in range(schedule.num_steps):
         batch = streams.next_batch()
         if pool is not None:
-            noise = fut.result()
-            if i + 1 < schedule.num_steps:
-                fut = pool.submit(streams.noise, bufs[(i + 1) % 2])
+            S = streams.noise_chunk
+            if i % S == 0:
+                chunk = fut.result()
+                if i + S < schedule.num_steps:
+                    fut = pool.submit(streams.draw_noise_chunk, bufs[(i // S + 1) % 2])
+            noise = chunk[:, i % S]
         else:
-            noise = streams.noise(out=bufs[0])
+            noise = streams.noise()
         draw = schedule.is_draw(i)
         w_pre = stepper.rows() if draw and (record_full_loss or record_weights) else None
         if draw and record_full_loss:
@@ -492,19 +524,28 @@ def _run_loop(stepper, loss_fn, schedule, streams, pool, fut, bufs, losses, full
                 fl = loss_fn(w_pre, None)
         loss = stepper.step(batch, noise)
         with torch.no_grad():
-            bad = ~torch.isfinite(loss)
+            # common case, one check: every loss finite and no row diverged before
+            ok = bool(torch.isfinite(loss).all())
             if i % 25 == 0 or i == schedule.num_steps - 1:
-                bad |= ~stepper.finite_rows()
-            new_bad = bad & ~diverged
-            if bool(new_bad.any()):
+                fin = stepper.finite_rows()
+                ok = ok and bool(fin.all())
+            if not ok:
+                bad = ~torch.isfinite(loss)
+                if i % 25 == 0 or i == schedule.num_steps - 1:
+                    bad |= ~fin
+                new_bad = bad & ~diverged
                 diverged_step[new_bad] = i
                 diverged |= new_bad
-            if bool(diverged.any()):
+                any_diverged = any_diverged or bool(new_bad.any())
+            if any_diverged:
                 stepper.reset(diverged)
             if draw:
-                lrow = loss.clone()
-                # a row diverged at or before step i has no valid draw at step i
-                lrow[diverged] = nan
+                if any_diverged:
+                    lrow = loss.clone()
+                    # a row diverged at or before step i has no valid draw at step i
+                    lrow[diverged] = nan
+                else:
+                    lrow = loss
                 losses[:, d] = lrow
                 if record_full_loss:
                     fl = fl.clone()

@@ -691,12 +691,14 @@ def train_ensemble(config: EnsembleConfig, data: Dataset | None = None,
     elif cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     try:
-        if workers > 1:
-            # torch and numpy ops release the GIL; chunks are independent computations
-            with single_threaded_blas(), ThreadPoolExecutor(max_workers=workers) as pool:
-                parts = list(pool.map(run_chunk, chunks))
-        else:
-            parts = [run_chunk(c) for c in chunks]
+        # the per-model products are far too small for BLAS threads (they only add syncs)
+        with single_threaded_blas():
+            if workers > 1:
+                # torch, numpy and the C kernel release the GIL; chunks are independent
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    parts = list(pool.map(run_chunk, chunks))
+            else:
+                parts = [run_chunk(c) for c in chunks]
     finally:
         torch.set_num_threads(threads_before)
         if pbar is not None:

@@ -59,7 +59,7 @@ OPTS = {
 
 @pytest.mark.parametrize("bn", [False, True])
 @pytest.mark.parametrize("opt", sorted(OPTS))
-def test_matches_plain_module(moons, opt, bn):
+def test_matches_plain_module(moons, opt, bn, mlp_kernel):
     cfg = _cfg(batchnorm=bn, **OPTS[opt])
     res = train_ensemble(cfg, moons)
     for i in (0, 3):
@@ -88,7 +88,7 @@ def test_matches_plain_module(moons, opt, bn):
 
 
 @pytest.mark.parametrize("bn", [False, True])
-def test_seed_result_independent_of_K_and_chunk(moons, bn):
+def test_seed_result_independent_of_K_and_chunk(moons, bn, mlp_kernel):
     full = train_ensemble(_cfg(seeds=(0, 1, 2, 3, 4), momentum=0.9, batchnorm=bn), moons)
     alone = train_ensemble(_cfg(seeds=(3,), momentum=0.9, batchnorm=bn), moons)
     chunked = train_ensemble(_cfg(seeds=(0, 1, 2, 3, 4), momentum=0.9, chunk_size=2, batchnorm=bn), moons)

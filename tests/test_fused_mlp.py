@@ -21,7 +21,7 @@ def _reference(spec, w, x, y):
 
 @pytest.mark.parametrize("widths", [(5, 3), (4, 7, 2), (2, 16, 8, 3), (3, 8, 8, 8, 4)])
 @pytest.mark.parametrize("block_bytes", [1, 3 * 8 * 24 * 9, 2 ** 30])  # 1 model, 3 models, all at once
-def test_loss_grad_and_accuracy_equal_autograd(widths, block_bytes, monkeypatch):
+def test_loss_grad_and_accuracy_equal_autograd(widths, block_bytes, mlp_kernel, monkeypatch):
     monkeypatch.setattr(fm, "_CPU_BLOCK_BYTES", block_bytes)
     spec = MLPSpec(widths)
     k, B = 7, 24
@@ -36,6 +36,7 @@ def test_loss_grad_and_accuracy_equal_autograd(widths, block_bytes, monkeypatch)
     assert torch.equal(lay.pack(P), w)                    # the layout round-trips exactly
     kern = fm.FusedMLP(spec, k, B, "cpu", torch.float64)
     assert 1 <= kern.block <= k
+    assert (kern.c is not None) == (mlp_kernel == "c")
     xa = fm.augment_inputs(x.reshape(-1, widths[0])).view(k, B, -1)
     loss, correct = kern.loss_and_grad(P, G, xa, y)
     ref_loss, ref_g, ref_correct = _reference(spec, w, x, y)
@@ -46,7 +47,7 @@ def test_loss_grad_and_accuracy_equal_autograd(widths, block_bytes, monkeypatch)
     assert none is None and torch.equal(loss2, loss)
 
 
-def test_ties_count_like_argmax():
+def test_ties_count_like_argmax(mlp_kernel):
     """Accuracy uses the first maximal class, as argmax does (all-zero logits: class 0)."""
     spec = MLPSpec((2, 2))
     w = torch.zeros(1, spec.n_params, dtype=torch.float64)
@@ -64,3 +65,46 @@ def test_ties_count_like_argmax():
 def test_layout_rejects_batchnorm():
     with pytest.raises(ValueError, match="batch norm"):
         fm.AugmentedLayout(MLPSpec((2, 4, 2), batchnorm=True))
+
+
+def test_c_kernel_is_built():
+    """The fast path is the one the studies run: the install must have built it (it needs a C
+    compiler). Set SGDBAYES_KERNEL=numpy to run the test suite on the numpy/torch path."""
+    import os
+
+    if os.environ.get("SGDBAYES_KERNEL", "").lower() == "numpy":
+        pytest.skip("SGDBAYES_KERNEL=numpy")
+    assert fm.c_kernel_available(), "sgdbayes/_ckernels.c was not built: reinstall with a C compiler present"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_c_kernel_equals_numpy_path(dtype, monkeypatch):
+    """Same numbers from both implementations on a moons-sized MLP, incl. a model whose
+    weights are non-finite (NaN loss in both; the others unaffected)."""
+    if not fm.c_kernel_available():
+        pytest.skip("C kernel not built")
+    spec = MLPSpec((2, 64, 64, 2))
+    k, B = 9, 128
+    g = torch.Generator().manual_seed(1)
+    w = spec.init(list(range(k))).to(dtype)
+    w[4, 7] = float("nan")
+    x = torch.randn(k * B, 2, generator=g, dtype=dtype)
+    y = torch.randint(0, 2, (k, B), generator=g)
+    xa = fm.augment_inputs(x).view(k, B, 3)
+    out = {}
+    for name in ("c", "numpy"):
+        if name == "numpy":
+            monkeypatch.setattr(fm, "_C", None)
+        lay = fm.AugmentedLayout(spec)
+        P = lay.views(torch.empty(k * spec.n_params, dtype=dtype), k)
+        G = lay.views(torch.empty(k * spec.n_params, dtype=dtype), k)
+        lay.unpack(w, P)
+        loss, correct = fm.FusedMLP(spec, k, B, "cpu", dtype).loss_and_grad(P, G, xa, y)
+        out[name] = loss, lay.pack(G), correct
+    (lc, gc, cc), (ln, gn, cn) = out["c"], out["numpy"]
+    ok = torch.arange(k) != 4
+    assert torch.isnan(lc[4]) and torch.isnan(ln[4])
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(lc[ok], ln[ok], **tol)
+    torch.testing.assert_close(gc[ok], gn[ok], **tol)
+    assert torch.equal(cc[ok], cn[ok])

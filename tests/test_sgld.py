@@ -224,7 +224,7 @@ def test_trend_test_detects_drift_not_noise():
     assert trend_test(rng.normal(size=400) + np.linspace(0, 2, 400)).z > 5
 
 
-def test_fused_mlp_gradient_equals_autograd():
+def test_fused_mlp_gradient_equals_autograd(mlp_kernel):
     spec = MLPSpec((2, 16, 8, 3))
     x, y = _moons_xy()
     w = spec.init([0, 1, 2, 3]).double()
@@ -239,7 +239,7 @@ def test_fused_mlp_gradient_equals_autograd():
         torch.testing.assert_close(g, gr, rtol=1e-10, atol=1e-12)
 
 
-def test_row_sharding_over_threads_does_not_change_draws():
+def test_row_sharding_over_threads_does_not_change_draws(mlp_kernel):
     """run_chains(workers=3) (rows split over Python threads) == workers=1, incl. recorded
     weights and divergence bookkeeping, up to batched-GEMM round-off."""
     spec = MLPSpec((2, 16, 2))
@@ -275,7 +275,7 @@ class _KernelOnlyMLPPotential(MLPPotential):
 
 
 @pytest.mark.parametrize("batch_size", [32, None])
-def test_mlp_inplace_stepper_equals_public_kernel(batch_size):
+def test_mlp_inplace_stepper_equals_public_kernel(batch_size, mlp_kernel):
     """run_chains on MLPPotential (in-place blocked stepper) gives the numbers of the public
     build()/update() kernel on row-layout weights: draws, full-data losses, recorded weights,
     with weight decay and a centre different from the start."""
@@ -301,7 +301,7 @@ def test_mlp_inplace_stepper_equals_public_kernel(batch_size):
     assert not a.diverged.any()
 
 
-def test_mlp_inplace_stepper_divergence_matches_public_kernel():
+def test_mlp_inplace_stepper_divergence_matches_public_kernel(mlp_kernel):
     """A step size far too large: the in-place stepper flags the same chains at the same steps
     as the public kernel and resets them to their centres (no NaN reaches later draws)."""
     spec = MLPSpec((2, 8, 2))

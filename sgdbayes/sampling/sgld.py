@@ -416,39 +416,41 @@ def run_chains(loss_fn: Callable[[Tensor, Optional[Tensor]], Tensor], w0: Tensor
         workers = _auto_workers(loss_fn, w0)
     workers = max(1, min(int(workers), M))
     t0 = time.perf_counter()
-    if workers == 1:
-        # the next chunk of noise is generated in a worker thread (double buffer) while the
-        # current one is used, when a spare core exists; each generator is still used
-        # strictly sequentially, so the draws are unchanged
-        spare = w0.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
-        pool = ThreadPoolExecutor(max_workers=1) if spare else None
-        bufs = ([torch.empty(M, streams.noise_chunk, P, dtype=w0.dtype, device=w0.device) for _ in range(2)]
-                if spare else None)
-        try:
-            fut = pool.submit(streams.draw_noise_chunk, bufs[0]) if pool is not None else None
-            d = _run_loop(_stepper(loss_fn, kernel, w0, centers), loss_fn, schedule, streams, pool, fut, bufs,
-                          losses, full_losses, weights, diverged, diverged_step, record_full_loss, record_weights)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-    else:
-        # shard rows over Python threads (torch ops release the GIL); rows are independent
-        # and every row keeps its own generators, so the draws do not depend on sharding
-        edges = np.linspace(0, M, workers + 1).round().astype(int)
-        bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-        shards = streams.split(bounds)
+    # per-row products are far too small for BLAS threads (they only add syncs)
+    with single_threaded_blas():
+        if workers == 1:
+            # the next chunk of noise is generated in a worker thread (double buffer) while the
+            # current one is used, when a spare core exists; each generator is still used
+            # strictly sequentially, so the draws are unchanged
+            spare = w0.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
+            pool = ThreadPoolExecutor(max_workers=1) if spare else None
+            bufs = ([torch.empty(M, streams.noise_chunk, P, dtype=w0.dtype, device=w0.device) for _ in range(2)]
+                    if spare else None)
+            try:
+                fut = pool.submit(streams.draw_noise_chunk, bufs[0]) if pool is not None else None
+                d = _run_loop(_stepper(loss_fn, kernel, w0, centers), loss_fn, schedule, streams, pool, fut, bufs,
+                              losses, full_losses, weights, diverged, diverged_step, record_full_loss, record_weights)
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True)
+        else:
+            # shard rows over Python threads (torch ops release the GIL); rows are independent
+            # and every row keeps its own generators, so the draws do not depend on sharding
+            edges = np.linspace(0, M, workers + 1).round().astype(int)
+            bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+            shards = streams.split(bounds)
 
-        def job(k):
-            a, b = bounds[k]
-            return _run_loop(_stepper(loss_fn, kernel, w0[a:b], centers[a:b]), loss_fn, schedule, shards[k],
-                             None, None, None, losses[a:b],
-                             None if full_losses is None else full_losses[a:b],
-                             None if weights is None else weights[a:b], diverged[a:b], diverged_step[a:b],
-                             record_full_loss, record_weights)
+            def job(k):
+                a, b = bounds[k]
+                return _run_loop(_stepper(loss_fn, kernel, w0[a:b], centers[a:b]), loss_fn, schedule, shards[k],
+                                 None, None, None, losses[a:b],
+                                 None if full_losses is None else full_losses[a:b],
+                                 None if weights is None else weights[a:b], diverged[a:b], diverged_step[a:b],
+                                 record_full_loss, record_weights)
 
-        with single_threaded_blas(), ThreadPoolExecutor(max_workers=len(bounds)) as ex:
-            ds_ = list(ex.map(job, range(len(bounds))))
-        d = ds_[0]
+            with ThreadPoolExecutor(max_workers=len(bounds)) as ex:
+                ds_ = list(ex.map(job, range(len(bounds))))
+            d = ds_[0]
     assert d == D
     return ChainRun(losses=losses, full_losses=full_losses, weights=weights, diverged=diverged,
                     diverged_step=diverged_step, num_steps=schedule.num_steps,
@@ -725,6 +727,9 @@ class _MLPStepper:
             xa, yb = ws.xa, ws.yb
             torch.index_select(ws.x_aug, 0, flat, out=xa.view(M * B, -1))
             torch.index_select(ws.y, 0, flat, out=yb.view(M * B))
+        if ws.fused.c is not None:  # the C kernel: gradient and update model by model, in place
+            return ws.fused.sgld_step(P, self.center_v, xa, yb, noise, self.a_grad, self.a_wd, self.a_loc,
+                                      self.noise_scale)
         loss, _ = ws.fused.loss_and_grad(P, self.gv, xa, yb, accuracy=False)
         # w - (eps/2)[nbeta g + wd w + gamma (w - w*)] + sqrt(eps) sigma xi  (as in build())
         w, nxt = self._flat[self.cur], self._flat[1 - self.cur]

@@ -5,6 +5,10 @@ MLP 2-64-64-2 ReLU, batch 128, SGD lr 0.01, 200 epochs (800 steps), 500 seeds.
 The baseline (nn.Module + torch.optim.SGD + DataLoader, one seed after another)
 is timed on a subset of seeds and scaled to all seeds. The last line printed is
 ``ratio: X`` = scaled baseline time / batched time.
+
+The batched engine uses the compiled MLP kernel when it was built (printed);
+``SGDBAYES_KERNEL=numpy python benchmarks/bench_ensemble.py`` measures the
+numpy/torch path instead.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def main(argv=None):
     data = load_dataset("moons", n=512, n_test=512, noise=0.2, seed=0, device=args.device)
     device = data.device
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
+    from sgdbayes._fused_mlp import c_kernel_available
+    print("MLP kernel: " + ("C (sgdbayes/_ckernels.c)" if c_kernel_available() else
+                            "numpy/torch (C kernel not built, or SGDBAYES_KERNEL=numpy)"))
     print(f"workload: {K} seeds, moons n=512, 2-64-64-2 ReLU, batch 128, SGD lr 0.01, "
           f"{epochs} epochs = {epochs * 4} steps")
     cfg = EnsembleConfig(dataset="moons", widths=(2, 64, 64, 2), batch_size=128, epochs=epochs,

@@ -20,6 +20,9 @@ nothing is shared between models); the batched time is the best of 2 runs.
 The output says so. Both use the same torch thread setting. The last line is
 ``ratio: X`` = (devinterp time scaled to all models) / (batched time).
 
+The batched backend uses the compiled MLP kernel when it was built (printed;
+``SGDBAYES_KERNEL=numpy`` measures the numpy/torch path instead).
+
     python benchmarks/bench_llc.py            # 100 models, devinterp on 10
     python benchmarks/bench_llc.py --quick    # 100 models, devinterp on 3
 """
@@ -52,6 +55,9 @@ def main(argv=None):
     from sgdbayes.sampling import LLCConfig, estimate_llc
 
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}")
+    from sgdbayes._fused_mlp import c_kernel_available
+    print("MLP kernel: " + ("C (sgdbayes/_ckernels.c)" if c_kernel_available() else
+                            "numpy/torch (C kernel not built, or SGDBAYES_KERNEL=numpy)"))
     ds = load_dataset("moons", n=512, noise=0.2)
     ecfg = EnsembleConfig(dataset="moons", dataset_options=dict(n=512, noise=0.2), widths=(None, 64, 64, None),
                           lr=0.01, batch_size=128, steps=800, seeds=args.models, progress=False)

@@ -46,12 +46,16 @@ def package_versions(packages: Iterable[str]) -> dict:
     """{"python": version, package: installed version or "not installed"} for a report's Methods."""
     import importlib.metadata as md
 
+    from .._fused_mlp import c_kernel_available
+
     out = {"python": platform.python_version()}
     for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
+    # which implementation computed the MLP gradients (same numbers up to round-off)
+    out["sgdbayes MLP kernel"] = "C (_ckernels.c)" if c_kernel_available() else "numpy/torch"
     return out
 
 

@@ -672,25 +672,24 @@ class _MLPStepper:
     weights and gradients to and from rows each step. The update is the kernel's
     (:func:`build`), term by term in the same order, so it gives the same numbers;
     the row-layout noise is added block by block, entry ``j`` of a chain's noise to its
-    parameter ``j``.
+    parameter ``j``. With the C kernel gradient and update happen model by model in one
+    call (:meth:`sgdbayes._fused_mlp.FusedMLP.sgld_step`); otherwise through torch on
+    double-buffered flat tensors.
     """
 
     def __init__(self, pot: MLPPotential, kernel: SGLDConfig, w0: Tensor, centers: Tensor):
         M = w0.shape[0]
         self.pot, self.M = pot, M
         self.layout = lay = AugmentedLayout(pot.spec)
-        dev, dt = w0.device, w0.dtype
+        self.device, self.dtype = w0.device, w0.dtype
         n = M * pot.n_params
-        self._flat = [torch.empty(n, device=dev, dtype=dt) for _ in range(2)]  # current / next
-        self._views = [lay.views(f, M) for f in self._flat]
+        self._flat = [torch.empty(n, device=self.device, dtype=self.dtype)]  # [current, next] (torch path)
+        self._views = [lay.views(self._flat[0], M)]
         self.cur = 0
         lay.unpack(w0.detach(), self._views[0])
-        self.center = torch.empty(n, device=dev, dtype=dt)
+        self.center = torch.empty(n, device=self.device, dtype=self.dtype)
         self.center_v = lay.views(self.center, M)
         lay.unpack(centers.detach(), self.center_v)
-        self.gflat = torch.empty(n, device=dev, dtype=dt)
-        self.gv = lay.views(self.gflat, M)
-        self.tmp = torch.empty(n, device=dev, dtype=dt) if kernel.localization != 0.0 else None
         self.kernel = kernel
         eps = kernel.step_size
         self.a_grad = -0.5 * eps * kernel.nbeta
@@ -706,7 +705,6 @@ class _MLPStepper:
             self._noise_parts.append((l, -1, slice(off, off + o), (M, o)))
             off += o
         self._B = None
-        self.fused = None
 
     def rows(self) -> Tensor:
         return self.layout.pack(self._views[self.cur])
@@ -717,7 +715,7 @@ class _MLPStepper:
         B = pot.n if batch is None else batch.shape[1]
         if self._B != B:
             self._B = B
-            self.ws = pot._workspace(M, B, self.gflat.device, self.gflat.dtype)
+            self.ws = pot._workspace(M, B, self.device, self.dtype)
         ws = self.ws
         if batch is None:
             xa = ws.x_aug.unsqueeze(0).expand(M, -1, -1)
@@ -730,6 +728,13 @@ class _MLPStepper:
         if ws.fused.c is not None:  # the C kernel: gradient and update model by model, in place
             return ws.fused.sgld_step(P, self.center_v, xa, yb, noise, self.a_grad, self.a_wd, self.a_loc,
                                       self.noise_scale)
+        if len(self._flat) == 1:  # torch path: next-weights, gradient and scratch buffers
+            n = self.center.numel()
+            self._flat.append(torch.empty_like(self.center))
+            self._views.append(self.layout.views(self._flat[1], M))
+            self.gflat = torch.empty_like(self.center)
+            self.gv = self.layout.views(self.gflat, M)
+            self.tmp = torch.empty(n, device=self.device, dtype=self.dtype) if self.a_loc != 0.0 else None
         loss, _ = ws.fused.loss_and_grad(P, self.gv, xa, yb, accuracy=False)
         # w - (eps/2)[nbeta g + wd w + gamma (w - w*)] + sqrt(eps) sigma xi  (as in build())
         w, nxt = self._flat[self.cur], self._flat[1 - self.cur]

@@ -16,8 +16,9 @@ running two row shards in Python threads (torch ops release the GIL).
 The batched backend runs all models at once. devinterp runs model by model;
 it is timed model by model on a subset of ``--devinterp-models`` models and the
 median time per model is scaled linearly to all models (its cost is per model,
-nothing is shared between models); the batched time is the best of 2 runs.
-The output says so. Both use the same torch thread setting. The last line is
+nothing is shared between models); the batched time is the median of 3 runs.
+The batched runs and the devinterp models are interleaved, so that both sides
+see the same phases of a shared machine. The output says so. Both use the same torch thread setting. The last line is
 ``ratio: X`` = (devinterp time scaled to all models) / (batched time).
 
 The batched backend uses the compiled MLP kernel when it was built (printed;
@@ -68,25 +69,32 @@ def main(argv=None):
     cfg = LLCConfig.paper()
     # warm-up (allocator, MKL init) on 2 models, 5 draws
     estimate_llc(res.w_final[:2], ds, spec=res.spec, config=LLCConfig.paper(num_draws=5))
-    times = []
-    for _ in range(2):  # best of 2: the machine is shared, transient load only slows a run down
-        t = time.perf_counter()
-        a = estimate_llc(res, ds, config=cfg)
-        times.append(time.perf_counter() - t)
-    t_batched = min(times)
-    print(f"batched : {args.models} models x 1 chain x 400 draws: {t_batched:.2f} s "
-          f"({1e3 * t_batched / args.models:.1f} ms/model; runs {', '.join(f'{v:.2f}' for v in times)} s)")
+    # Batched runs and devinterp models are interleaved (B, D..., B, D..., B) so that both see
+    # the same phases of this shared machine, whose speed drifts by +-20 % over minutes;
+    # each side is summarized by its median.
+    times, per_model, llc_dev = [], [], []
+    groups = np.array_split(np.arange(n_dev), 2)
 
-    per_model, llc_dev = [], []
+    def batched_run():
+        t = time.perf_counter()
+        out = estimate_llc(res, ds, config=cfg)
+        times.append(time.perf_counter() - t)
+        return out
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for k in range(n_dev):
-            t = time.perf_counter()
-            b = estimate_llc(res.w_final[k:k + 1], ds, spec=res.spec, config=cfg, backend="devinterp",
-                             model_ids=[int(res.seeds[k])])
-            per_model.append(time.perf_counter() - t)
-            llc_dev.append(float(b.llc[0]))
-    t_model = float(np.median(per_model))  # robust to transient load, like the best-of-2 above
+        for g in [*groups, None]:
+            a = batched_run()
+            for k in ([] if g is None else g.tolist()):
+                t = time.perf_counter()
+                b = estimate_llc(res.w_final[k:k + 1], ds, spec=res.spec, config=cfg, backend="devinterp",
+                                 model_ids=[int(res.seeds[k])])
+                per_model.append(time.perf_counter() - t)
+                llc_dev.append(float(b.llc[0]))
+    t_batched = float(np.median(times))
+    print(f"batched : {args.models} models x 1 chain x 400 draws: median {t_batched:.2f} s "
+          f"({1e3 * t_batched / args.models:.1f} ms/model; runs {', '.join(f'{v:.2f}' for v in times)} s)")
+    t_model = float(np.median(per_model))  # robust to transient load (and devinterp's first-call cost)
     t_dev = t_model * args.models
     print(f"devinterp: {n_dev} models timed one by one: total {sum(per_model):.2f} s, median "
           f"{1e3 * t_model:.0f} ms/model (min {1e3 * min(per_model):.0f}, max {1e3 * max(per_model):.0f}); "

@@ -97,6 +97,11 @@ def _load_c_kernel() -> "_CKernel | None":
 _C = _load_c_kernel()
 
 
+def _ptrs(ts: list[Tensor]):
+    """A C array of the tensors' data pointers (``T **`` for the kernels)."""
+    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
+
+
 def c_kernel_available() -> bool:
     """Whether the compiled kernel is in use (built, and not turned off by ``SGDBAYES_KERNEL``)."""
     return _C is not None
@@ -169,6 +174,7 @@ class FusedMLP:
         if self.c is not None:
             self._widths = (ctypes.c_int * (L + 1))(*ws)
             self._work = torch.empty(self.c.work_size[dtype](B, L, self._widths), dtype=dtype)
+            self._gwork = torch.empty(self.layout.n_params, dtype=dtype)  # one model's gradient (SGLD)
             self._fn, self._gemm = self.c.fn[dtype], self.c.gemm[dtype]
             return
         kb = self.block
@@ -224,8 +230,7 @@ class FusedMLP:
         loss = xa.new_empty(m)
         correct = torch.empty(m, dtype=torch.int64) if accuracy else None
         L = self.spec.n_layers
-        ptrs = lambda ts: (ctypes.c_void_p * L)(*[t.data_ptr() for t in ts])
-        self._fn(self._gemm, m, B, L, self._widths, ptrs(P), ptrs(G), xa.data_ptr(), xa.stride(0),
+        self._fn(self._gemm, m, B, L, self._widths, _ptrs(P), _ptrs(G), xa.data_ptr(), xa.stride(0),
                  y.data_ptr(), y.stride(0), loss.data_ptr(), None if correct is None else correct.data_ptr(),
                  self._work.data_ptr())
         return loss, correct
@@ -240,13 +245,9 @@ class FusedMLP:
         self._check_c_args(P, xa, y)
         if noise.stride(1) != 1 or noise.shape != (m, self.layout.n_params):
             raise ValueError("noise must be [m, P] with contiguous rows")
-        if not hasattr(self, "_gwork"):
-            self._gwork = torch.empty(self.layout.n_params, dtype=self._work.dtype)
         loss = xa.new_empty(m)
-        L = self.spec.n_layers
-        ptrs = lambda ts: (ctypes.c_void_p * L)(*[t.data_ptr() for t in ts])
         self.c.sgld[self._work.dtype](
-            self._gemm, m, B, L, self._widths, ptrs(P), ptrs(centers), xa.data_ptr(), xa.stride(0),
+            self._gemm, m, B, self.spec.n_layers, self._widths, _ptrs(P), _ptrs(centers), xa.data_ptr(), xa.stride(0),
             y.data_ptr(), y.stride(0), loss.data_ptr(), noise.data_ptr(), noise.stride(0), a_grad, a_wd,
             a_loc, noise_scale, self._work.data_ptr(), self._gwork.data_ptr())
         return loss

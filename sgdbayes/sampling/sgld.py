@@ -346,7 +346,6 @@ class ChainStreams:
         self._npos += 1
         return view if out is None else out.copy_(view)
 
-
     def draw_noise_chunk(self, out: Optional[Tensor] = None) -> Tensor:
         """The next ``noise_chunk`` steps of noise of every row, ``[M, S, P]``. Use either
         this or :meth:`noise` on one stream, not both."""
@@ -528,12 +527,13 @@ def _run_loop(stepper, loss_fn, schedule, streams, pool, fut, bufs, losses, full
         with torch.no_grad():
             # common case, one check: every loss finite and no row diverged before
             ok = bool(torch.isfinite(loss).all())
-            if i % 25 == 0 or i == schedule.num_steps - 1:
+            check_w = i % 25 == 0 or i == schedule.num_steps - 1
+            if check_w:
                 fin = stepper.finite_rows()
                 ok = ok and bool(fin.all())
             if not ok:
                 bad = ~torch.isfinite(loss)
-                if i % 25 == 0 or i == schedule.num_steps - 1:
+                if check_w:
                     bad |= ~fin
                 new_bad = bad & ~diverged
                 diverged_step[new_bad] = i
@@ -624,15 +624,7 @@ class MLPPotential:
         M = w.shape[0]
         ws = self._workspace(M, self.n if idx is None else idx.shape[1], w.device, w.dtype)
         ws.layout.unpack(w, ws.P)
-        if idx is None:
-            xa = ws.x_aug.unsqueeze(0).expand(M, -1, -1)
-            yb = self.y.to(w.device).unsqueeze(0).expand(M, -1)
-        else:
-            B = idx.shape[1]
-            flat = idx.reshape(-1)
-            xa, yb = ws.xa, ws.yb
-            torch.index_select(ws.x_aug, 0, flat, out=xa.view(M * B, -1))
-            torch.index_select(ws.y, 0, flat, out=yb.view(M * B))
+        xa, yb = ws.minibatch(idx)
         loss, _ = ws.fused.loss_and_grad(ws.P, ws.G, xa, yb, accuracy=False)
         return loss, ws.layout.pack(ws.G)
 
@@ -665,6 +657,18 @@ class _MLPWorkspace:
         self.yb = torch.empty(M, B, device=device, dtype=self.y.dtype)
         self.fused = FusedMLP(pot.spec, M, B, device, dtype)
 
+    def minibatch(self, idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Augmented inputs ``[M, B, d+1]`` and labels ``[M, B]`` of rows' minibatches
+        ``idx [M, B]`` (gathered into the fixed buffers), or of the full set for ``None``
+        (every row shares it, no copy)."""
+        M = self.xa.shape[0]
+        if idx is None:
+            return self.x_aug.unsqueeze(0).expand(M, -1, -1), self.y.unsqueeze(0).expand(M, -1)
+        flat = idx.reshape(-1)
+        torch.index_select(self.x_aug, 0, flat, out=self.xa.view(flat.numel(), -1))
+        torch.index_select(self.y, 0, flat, out=self.yb.view(flat.numel()))
+        return self.xa, self.yb
+
 
 class _MLPStepper:
     """M chains of SGLD on :class:`MLPPotential`, held in the blocked ``[W | b]`` layout of
@@ -690,7 +694,6 @@ class _MLPStepper:
         self.center = torch.empty(n, device=self.device, dtype=self.dtype)
         self.center_v = lay.views(self.center, M)
         lay.unpack(centers.detach(), self.center_v)
-        self.kernel = kernel
         eps = kernel.step_size
         self.a_grad = -0.5 * eps * kernel.nbeta
         self.a_wd = -0.5 * eps * kernel.weight_decay
@@ -717,14 +720,7 @@ class _MLPStepper:
             self._B = B
             self.ws = pot._workspace(M, B, self.device, self.dtype)
         ws = self.ws
-        if batch is None:
-            xa = ws.x_aug.unsqueeze(0).expand(M, -1, -1)
-            yb = ws.y.unsqueeze(0).expand(M, -1)
-        else:
-            flat = batch.reshape(-1)
-            xa, yb = ws.xa, ws.yb
-            torch.index_select(ws.x_aug, 0, flat, out=xa.view(M * B, -1))
-            torch.index_select(ws.y, 0, flat, out=yb.view(M * B))
+        xa, yb = ws.minibatch(batch)
         if ws.fused.c is not None:  # the C kernel: gradient and update model by model, in place
             return ws.fused.sgld_step(P, self.center_v, xa, yb, noise, self.a_grad, self.a_wd, self.a_loc,
                                       self.noise_scale)

@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._ensemble_arrays import ensemble_arrays
+
 __all__ = [
     "FitSettings", "LLCSettings", "CellSpec", "load_study_data", "parse_layers",
     "train_cell", "llc_summaries", "fit_runs", "hypothesis_rows", "h7_prediction", "bootstrap_ci",
@@ -173,16 +175,8 @@ def train_cell(data, cell: CellSpec, llc: Optional[LLCSettings], device: str) ->
     wall = time.perf_counter() - t0
     K = len(cell.seeds)
     out: dict[str, Any] = {
-        "seeds": np.asarray(res.seeds, dtype=np.int64),
-        "steps": np.asarray(res.steps, dtype=np.int64),
-        "displacement": np.asarray(res.displacement, dtype=np.float64),
-        "train_loss_curve": np.asarray(res.train_loss, dtype=np.float32),
-        "final_train_loss": res.final["train_loss"].to_numpy(float),
-        "final_train_acc": res.final["train_acc"].to_numpy(float),
-        "final_test_loss": res.final["test_loss"].to_numpy(float),
-        "final_test_acc": res.final["test_acc"].to_numpy(float),
+        **ensemble_arrays(res),
         "diverged": res.final["diverged"].to_numpy(bool),
-        "n_params": int(res.spec.n_params),
         "widths": list(res.spec.widths),
         "wall_s": float(wall),
     }

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..runner.orchestrate import Stage, StageContext
 from ._diffusion_common import FitSettings, fit_runs, hypothesis_rows, stats_of
+from ._ensemble_arrays import ensemble_arrays
 
 __all__ = ["STAGES", "write_report", "local_slopes", "fit_settings"]
 
@@ -68,15 +69,8 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     fin = res.final
     ctx.log(f"    {K} runs, train acc {fin['train_acc'].mean():.3f}, {int(fin['diverged'].sum())} diverged")
     return {
-        "seeds": np.asarray(res.seeds, dtype=np.int64),
-        "steps": np.asarray(res.steps, dtype=np.int64),
-        "displacement": np.asarray(res.displacement, dtype=np.float64),
-        "train_loss_curve": np.asarray(res.train_loss, dtype=np.float32),
-        "final_train_loss": fin["train_loss"].to_numpy(float),
-        "final_train_acc": fin["train_acc"].to_numpy(float),
-        "final_test_acc": fin["test_acc"].to_numpy(float),
+        **ensemble_arrays(res),
         "diverged": fin["diverged"].to_numpy(bool),
-        "n_params": int(res.spec.n_params),
         "engine_s": float(res.meta.get("elapsed_s", float("nan"))),
     }
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..runner.orchestrate import Stage, StageContext
+from ._ensemble_arrays import ensemble_arrays
 
 __all__ = ["STAGES", "write_report", "convergence_filter", "select_sgld_starts"]
 
@@ -154,21 +155,13 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"    {K} runs, {n_pass} pass the plateau filter; filter {filter_status}; "
             f"train acc {fin['train_acc'].mean():.3f}")
     return {
-        "seeds": np.asarray(res.seeds, dtype=np.int64),
-        "steps": np.asarray(res.steps, dtype=np.int64),
-        "displacement": np.asarray(res.displacement, dtype=np.float32),
-        "train_loss_curve": np.asarray(res.train_loss, dtype=np.float32),
-        "final_train_loss": fin["train_loss"].to_numpy(float),
-        "final_train_acc": fin["train_acc"].to_numpy(float),
-        "final_test_loss": fin["test_loss"].to_numpy(float),
-        "final_test_acc": fin["test_acc"].to_numpy(float),
+        **ensemble_arrays(res, displacement_dtype=np.float32),
         "diverged": diverged,
         "rel_drop": rel,
         "passed": passed,
         "used": used,
         "w_final": res.w_final.detach().cpu().numpy().astype(np.float32),
         "filter_status": filter_status,
-        "n_params": int(res.spec.n_params),
         "engine_meta": {k: v for k, v in (res.meta or {}).items() if isinstance(v, (int, float, str, bool))},
     }
 

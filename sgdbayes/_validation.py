@@ -14,7 +14,8 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 __all__ = ["check_int", "check_float", "check_level", "check_probability", "check_pvalue", "check_seed",
-           "check_seeds", "check_choice", "check_columns", "check_finite_array"]
+           "check_seeds", "check_choice", "check_columns", "check_finite_array", "check_n_boot",
+           "check_nonnegative_array", "check_pvalue_array", "check_generator"]
 
 
 def check_int(name: str, value: Any, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
@@ -103,6 +104,48 @@ def check_finite_array(name: str, value: Any, ndim: Optional[int] = None) -> np.
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"{name} has {int(bad.sum())} non-finite value(s), the first at index {first}")
     return a
+
+
+def check_n_boot(value: Any, name: str = "n_boot") -> int:
+    """A number of bootstrap (or permutation) resamples, an integer >= 1."""
+    return check_int(name, value, 1)
+
+
+def check_nonnegative_array(name: str, value: Any) -> np.ndarray:
+    """A float array with no negative or infinite entry (NaN = missing is allowed), e.g. standard errors."""
+    a = np.asarray(value, dtype=float)
+    bad = (a < 0) | np.isinf(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must be >= 0 and finite (NaN = missing); {int(bad.sum())} value(s) are not, "
+                         f"the first {a[first]!r} at index {first}")
+    return a
+
+
+def check_pvalue_array(name: str, value: Any) -> np.ndarray:
+    """A float array of p-values in [0, 1] (NaN = missing is allowed)."""
+    a = np.asarray(value, dtype=float)
+    bad = (a < 0) | (a > 1)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must hold p-values in [0, 1]; {int(bad.sum())} value(s) are not, "
+                         f"the first {a[first]!r} at index {first}")
+    return a
+
+
+def check_generator(seed: Any, name: str = "seed") -> np.random.Generator:
+    """The numpy Generator behind a ``seed`` argument of a stats function.
+
+    A Generator is used as is (its stream continues); an integer >= 0 seeds a fresh
+    ``numpy.random.default_rng(seed)``; None draws fresh OS entropy (not reproducible).
+    """
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None:
+        return np.random.default_rng()
+    if isinstance(seed, np.random.SeedSequence):
+        return np.random.default_rng(seed)
+    return np.random.default_rng(check_seed(seed, name))
 
 
 def _range(minimum, maximum) -> str:

@@ -7,7 +7,7 @@ with the chain as the block): a resample draws ``n_chains`` chain ids with
 replacement and keeps every sample of each drawn chain (SCIENCE.md §5,
 "resample SGLD chains, not samples").
 
-All randomness comes from a :class:`numpy.random.Generator` passed in (or
+All randomness comes from a :class:`numpy.random.Generator` passed in as ``seed`` (or
 built from an int seed); no global RNG state is touched.
 
 Intervals are percentile intervals (Efron): the ``(1-level)/2`` and
@@ -23,6 +23,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .._validation import check_level, check_n_boot
+
 __all__ = [
     "as_generator",
     "resample_runs",
@@ -30,6 +32,7 @@ __all__ = [
     "group_index",
     "percentile_interval",
     "upper_bound",
+    "one_sided_bounds",
     "category_counts",
     "label_positions",
 ]
@@ -37,14 +40,24 @@ __all__ = [
 SeedLike = Union[None, int, np.random.Generator, np.random.SeedSequence]
 
 
-def as_generator(rng: SeedLike = None) -> np.random.Generator:
-    """Return a numpy Generator (an int/SeedSequence seeds a fresh PCG64)."""
-    if isinstance(rng, np.random.Generator):
+def as_generator(seed: SeedLike = None) -> np.random.Generator:
+    """Return a numpy Generator (an int/SeedSequence seeds a fresh PCG64; a Generator is used as is)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def resolve_seed(seed: SeedLike, rng: SeedLike, where: str) -> SeedLike:
+    """``seed``, or the deprecated ``rng=`` spelling of the same argument (compat until phase B of
+    issue 11; give one of them)."""
+    if rng is not None:
+        if seed is not None:
+            raise ValueError(f"{where}: give seed= (rng= is its old name), not both")
         return rng
-    return np.random.default_rng(rng)
+    return seed
 
 
-def resample_runs(n: int, n_boot: int, rng: SeedLike = None) -> np.ndarray:
+def resample_runs(n: int, n_boot: int, seed: SeedLike = None) -> np.ndarray:
     """Bootstrap indices over ``n`` independent runs.
 
     Returns an int array of shape ``[n_boot, n]``; row b holds the indices of
@@ -52,7 +65,8 @@ def resample_runs(n: int, n_boot: int, rng: SeedLike = None) -> np.ndarray:
     """
     if n < 1:
         raise ValueError("need at least one run to resample")
-    g = as_generator(rng)
+    n_boot = check_n_boot(n_boot)
+    g = as_generator(seed)
     return g.integers(0, n, size=(n_boot, n))
 
 
@@ -66,7 +80,7 @@ def group_index(groups: Sequence) -> tuple[np.ndarray, list[np.ndarray]]:
     return uniq, members
 
 
-def resample_groups(groups: Sequence, n_boot: int, rng: SeedLike = None) -> list[np.ndarray]:
+def resample_groups(groups: Sequence, n_boot: int, seed: SeedLike = None) -> list[np.ndarray]:
     """Bootstrap indices that resample whole groups (e.g. SGLD chains).
 
     Each resample draws ``G`` group ids with replacement (``G`` = number of
@@ -78,7 +92,8 @@ def resample_groups(groups: Sequence, n_boot: int, rng: SeedLike = None) -> list
     G = len(uniq)
     if G < 1:
         raise ValueError("need at least one group to resample")
-    g = as_generator(rng)
+    n_boot = check_n_boot(n_boot)
+    g = as_generator(seed)
     draws = g.integers(0, G, size=(n_boot, G))
     return [np.concatenate([members[k] for k in row]) for row in draws]
 
@@ -118,8 +133,7 @@ def _quantile_safe(values: np.ndarray, q: float, side: str) -> float:
 
 def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Two-sided percentile bootstrap interval at confidence ``level``."""
-    if not 0 < level < 1:
-        raise ValueError("level must be in (0, 1)")
+    level = check_level(level)
     a = (1.0 - level) / 2.0
     v = np.asarray(values, dtype=float)
     return _quantile_safe(v, a, "lower"), _quantile_safe(v, 1.0 - a, "upper")
@@ -129,6 +143,15 @@ def upper_bound(values: Sequence[float], level: float = 0.95) -> float:
     """One-sided upper percentile bound: the ``level`` quantile of the bootstrap
     distribution (used for equivalence tests: "is the upper 95 % bound below the
     margin?")."""
-    if not 0 < level < 1:
-        raise ValueError("level must be in (0, 1)")
+    level = check_level(level)
     return _quantile_safe(np.asarray(values, dtype=float), level, "upper")
+
+
+def one_sided_bounds(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The one-sided lower and upper ``level`` percentile bounds: the ``1 - level`` and ``level``
+    quantiles of the bootstrap distribution. Together they are a two-sided interval of coverage
+    ``2 level - 1`` (the two one-sided tests of an equivalence claim); the upper one equals
+    :func:`upper_bound`."""
+    level = check_level(level)
+    v = np.asarray(values, dtype=float)
+    return _quantile_safe(v, 1.0 - level, "lower"), _quantile_safe(v, level, "upper")

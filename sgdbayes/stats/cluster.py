@@ -42,6 +42,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from .bootstrap import SeedLike, as_generator, category_counts
+from .results import Result, estimate_row
 
 __all__ = [
     "FunctionSpaceClusterer",
@@ -74,7 +75,7 @@ def _flatten(predictions) -> np.ndarray:
 
 
 @dataclass
-class StructureReport:
+class StructureReport(Result):
     """Is there cluster structure at all? (SCIENCE.md §5: measure it first.)
 
     ``validity_index``: HDBSCAN's DBCV in [-1, 1] on the embedding (NaN, with a
@@ -108,6 +109,13 @@ class StructureReport:
     def separated_basins(self) -> bool:
         """True only when HDBSCAN found >= 2 density clusters (no fallback)."""
         return self.partition_kind == "hdbscan"
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        """The structure measures as point values (no intervals)."""
+        return [estimate_row("validity_index", self.validity_index),
+                estimate_row("hdbscan_noise_fraction", self.hdbscan_noise_fraction),
+                estimate_row("silhouette_best", self.silhouette_best),
+                estimate_row("explained_variance", self.explained_variance)]
 
     def to_frame(self) -> pd.DataFrame:
         rows = [

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._validation import check_choice, check_float, check_level, check_n_boot
 from .bootstrap import (
     SeedLike,
     as_generator,
@@ -46,8 +47,10 @@ from .bootstrap import (
     percentile_interval,
     resample_groups,
     resample_runs,
+    resolve_seed,
     upper_bound,
 )
+from .results import Result, estimate_row
 
 __all__ = [
     "to_probabilities",
@@ -207,8 +210,14 @@ def wasserstein1(p, q, centroids=None, cost=None) -> float:
 # ----------------------------------------------------------------------------
 
 @dataclass
-class GTestResult:
-    """G-test (log-likelihood ratio) of homogeneity between two count vectors."""
+class GTestResult(Result):
+    """G-test (log-likelihood ratio) of homogeneity between two count vectors.
+
+    ``statistic`` = G, ``pvalue`` its χ² p-value with ``dof`` degrees of freedom (H0 =
+    homogeneity), over ``n_categories_used`` categories (``dropped_categories`` were zero in
+    both rows). ``scale`` is the factor applied to the second count vector (1 = raw counts;
+    < 1 when SGLD counts were scaled to their effective sample size).
+    """
 
     statistic: float
     pvalue: float
@@ -216,6 +225,10 @@ class GTestResult:
     n_categories_used: int
     dropped_categories: list
     notes: list = field(default_factory=list)
+    scale: float = 1.0
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        return [estimate_row("G", self.statistic, pvalue=self.pvalue)]
 
     def summary(self) -> str:
         s = (f"G-test of homogeneity: G = {self.statistic:.4g}, df = {self.dof}, "
@@ -283,7 +296,7 @@ def g_test(counts_p, counts_q, categories: Optional[Sequence] = None, *,
 # ----------------------------------------------------------------------------
 
 @dataclass
-class DivergenceResult:
+class DivergenceResult(Result):
     """All divergences between distributions P and Q over the same categories.
 
     ``kl`` = plug-in KL(P‖Q) (may be ``inf``: see ``kl_infinite``),
@@ -310,6 +323,10 @@ class DivergenceResult:
 
     def metrics(self) -> dict:
         return {"kl": self.kl, "kl_smoothed": self.kl_smoothed, "js": self.js, "w1": self.w1}
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        """Point values only (no interval: see :class:`BootstrapDivergenceResult`)."""
+        return [estimate_row(m, v) for m, v in self.metrics().items()]
 
     def to_frame(self) -> pd.DataFrame:
         """One row per category: P, Q, smoothed P, Q."""
@@ -386,6 +403,7 @@ def compare_distributions(
         tempered SGD distribution computed from smoothed counts).
     names : labels used in tables, e.g. ``("SGLD", "tempered SGD")``.
     """
+    pseudocount = check_float("pseudocount", pseudocount, 0.0)
     notes: list = []
     P, Ps, n_p = _prep(counts_p, kind_p, pseudocount, names[0], notes)
     Q, Qs, n_q = _prep(counts_q, kind_q, pseudocount, names[1], notes)
@@ -421,9 +439,14 @@ def compare_distributions(
 # ----------------------------------------------------------------------------
 
 @dataclass
-class BootstrapDivergenceResult:
+class BootstrapDivergenceResult(Result):
     """Point divergences with percentile bootstrap intervals, one-sided upper
-    bounds, the equivalence verdict per metric and a G-test."""
+    bounds, the equivalence verdict per metric and a G-test.
+
+    ``boot[m]`` holds the bootstrap values of metric ``m``; ``intervals[m]`` (two-sided at
+    ``level``), ``upper[m]`` (one-sided ``level`` bound) and ``equivalent[m]`` (upper < margin)
+    are computed from them; :meth:`conf_int` recomputes intervals at any level.
+    """
 
     point: DivergenceResult
     boot: dict  # metric -> array [n_boot]
@@ -438,6 +461,13 @@ class BootstrapDivergenceResult:
     unit_p: str
     unit_q: str
     notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.intervals = {m: tuple(v) for m, v in self.intervals.items()}
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        pm = self.point.metrics()
+        return [estimate_row(m, pm[m], None, *percentile_interval(v, level)) for m, v in self.boot.items()]
 
     def to_frame(self) -> pd.DataFrame:
         a, b = self.point.names
@@ -507,6 +537,7 @@ def bootstrap_divergences(
     metrics: Sequence[str] = METRICS,
     names: tuple = ("P", "Q"),
     gtest: bool = True,
+    seed: SeedLike = None,
     rng: SeedLike = None,
 ) -> BootstrapDivergenceResult:
     """Bootstrap the divergences between two label samples.
@@ -524,9 +555,16 @@ def bootstrap_divergences(
 
     Returns two-sided percentile intervals at ``level`` and one-sided upper
     ``level`` bounds; ``equivalent[m]`` is True when that upper bound is below
-    ``margin``.
+    ``margin``. ``seed``: int or numpy Generator (whose stream continues); ``rng`` is its old
+    name (compat).
     """
-    g = as_generator(rng)
+    level = check_level(level)
+    n_boot = check_n_boot(n_boot)
+    margin = check_float("margin", margin, 0.0, strict_min=True)
+    pseudocount = check_float("pseudocount", pseudocount, 0.0)
+    for m in metrics:
+        check_choice("metrics", m, METRICS)
+    g = as_generator(resolve_seed(seed, rng, "bootstrap_divergences"))
     labels_p = np.asarray(labels_p)
     labels_q = np.asarray(labels_q)
     cats = list(categories)

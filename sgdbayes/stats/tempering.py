@@ -42,7 +42,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
-from .bootstrap import SeedLike, as_generator, label_positions, percentile_interval
+from .._validation import check_float, check_level, check_n_boot
+from .bootstrap import SeedLike, as_generator, label_positions, percentile_interval, resolve_seed
+from .results import Result, estimate_row
 
 __all__ = [
     "log_diffusion",
@@ -95,8 +97,14 @@ def diffusion_coefficient(xi, alpha) -> np.ndarray:
 # per-cluster properties
 # ----------------------------------------------------------------------------
 
+def _names(categories) -> list:
+    from .cluster import category_names
+
+    return category_names(categories)
+
+
 @dataclass
-class ClusterProperties:
+class ClusterProperties(Result):
     """Per-cluster inputs of the tempering formulas, in a fixed category order.
 
     ``n`` runs per cluster, ``mass`` = P_sgd(c) = n/N, ``loss`` = L_c (mean final
@@ -118,6 +126,16 @@ class ClusterProperties:
     @property
     def defined(self) -> np.ndarray:
         return (self.n > 0) & np.isfinite(self.loss) & (self.n_alpha_valid > 0)
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        """Point values per category: mass, L_c, mean λ_c, mean α_c, mean d_walk (no intervals)."""
+        rows = []
+        for nm, mass, L, lam, a, dw in zip(_names(self.categories), self.mass, self.loss, self.llc, self.alpha,
+                                           self.d_walk):
+            rows += [estimate_row(f"P_sgd[{nm}]", mass), estimate_row(f"L_c[{nm}]", L),
+                     estimate_row(f"llc_c[{nm}]", lam), estimate_row(f"alpha_c[{nm}]", a),
+                     estimate_row(f"d_walk_c[{nm}]", dw)]
+        return rows
 
     def log_D(self, xi: float) -> np.ndarray:
         """Mean log D_ξ(c) = (2 − mean d_walk) log ξ; NaN for undefined clusters."""
@@ -247,7 +265,7 @@ def kl_sgd_theory(p_sgd, loss_c, d_walk_c, lr: float, xi_grid) -> np.ndarray:
 
 
 @dataclass
-class XiSweep:
+class XiSweep(Result):
     """Result of the ξ sweep (Fig 3) with honest selection.
 
     ``kl[i]`` = KL(P_sgd ‖ p_theory(grid[i])) on all seeds; ``xi_star`` its
@@ -277,6 +295,20 @@ class XiSweep:
     at_boundary: bool
     properties: ClusterProperties
     notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.xi_star_ci = tuple(self.xi_star_ci)
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        """ξ* with its bootstrap interval (log-scale percentiles, recomputed at ``level``); the
+        in-sample KL at ξ* and the split-sample KL (point values)."""
+        fb = np.asarray(self.boot_xi_star, float)
+        fb = fb[np.isfinite(fb)]
+        lo = hi = float("nan")
+        if fb.size:
+            lo, hi = (float(np.exp(v)) for v in percentile_interval(np.log(fb), level))
+        return [estimate_row("xi_star", self.xi_star, None, lo, hi), estimate_row("kl_min", self.kl_min),
+                estimate_row("kl_split", self.kl_split)]
 
     def to_frame(self) -> pd.DataFrame:
         """The KL curve: one row per grid value (``is_xi_star`` marks the argmin)."""
@@ -322,8 +354,8 @@ def _props_from_pos(pos, K, loss, inv_alpha, valid):
 
 
 def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None, n_boot: int = 200,
-             level: float = 0.95, split_seed: Optional[int] = 0, rng: SeedLike = None,
-             llc=None) -> XiSweep:
+             level: float = 0.95, split_seed: Optional[int] = 0, seed: SeedLike = None,
+             llc=None, rng: SeedLike = None) -> XiSweep:
     """ξ sweep of ``KL(P_sgd ‖ p_theory(ξ))`` (Fig 3; Lemma 3.3 with Cor 3.1).
 
     Parameters
@@ -335,9 +367,16 @@ def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None,
     grid : ξ values (default :func:`default_xi_grid`).
     n_boot : bootstrap resamples of seeds for the ξ* interval.
     split_seed : seed of the random half split (``default_rng(split_seed)``).
-    rng : Generator / seed for the bootstrap.
+    seed : int or numpy Generator (whose stream continues) for the bootstrap; ``rng`` is its
+        old name (compat).
     """
+    level = check_level(level)
+    n_boot = check_n_boot(n_boot)
+    lr = check_float("lr", lr, 0.0, strict_min=True)
+    seed = resolve_seed(seed, rng, "sweep_xi")
     grid = default_xi_grid() if grid is None else np.sort(np.asarray(grid, dtype=float))
+    if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
+        raise ValueError("grid must be a non-empty 1-D array of finite xi > 0")
     cats = list(categories)
     K = len(cats)
     pos = label_positions(labels, cats)
@@ -380,7 +419,7 @@ def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None,
     kl_split = 0.5 * (kl_B_at_A + kl_A_at_B)
 
     # bootstrap over seeds
-    g = as_generator(rng)
+    g = as_generator(seed)
     boot = np.empty(n_boot)
     for b in range(n_boot):
         idx = g.integers(0, pos.size, size=pos.size)
@@ -404,7 +443,7 @@ def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None,
 # ----------------------------------------------------------------------------
 
 @dataclass
-class TemperedResult:
+class TemperedResult(Result):
     """Tempered SGD distribution (Cor 3.2): ``P_temp(c) ∝ P_sgd(c)^(m D_ξ(c))``."""
 
     categories: list
@@ -420,6 +459,9 @@ class TemperedResult:
     n_effective: float  # exp(entropy of P_temp)
     pseudocount: float
     notes: list = field(default_factory=list)
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        return [estimate_row(f"P_temp[{nm}]", p) for nm, p in zip(_names(self.categories), self.p_temp)]
 
     def to_frame(self) -> pd.DataFrame:
         from .cluster import category_names
@@ -501,7 +543,7 @@ def tempered_distribution(p_sgd, log_D, m: float, *, categories: Optional[Sequen
 
 
 @dataclass
-class FreeEnergyResult:
+class FreeEnergyResult(Result):
     """SLT free-energy reference: ``F_c ≈ m L_c + λ_c log m``, ``P_F ∝ exp(−F_c)``."""
 
     categories: list
@@ -511,6 +553,12 @@ class FreeEnergyResult:
     p_f: np.ndarray
     m: float
     notes: list = field(default_factory=list)
+
+    def _estimate_rows(self, level: float) -> list[dict]:
+        rows = []
+        for nm, F, p in zip(_names(self.categories), self.free_energy, self.p_f):
+            rows += [estimate_row(f"F[{nm}]", F), estimate_row(f"P_F[{nm}]", p)]
+        return rows
 
     def to_frame(self) -> pd.DataFrame:
         from .cluster import category_names

@@ -1,4 +1,10 @@
-"""Statistics for sgdbayes: divergences, clustering, tempering, diffusion fits, hypothesis tests."""
+"""Statistics for sgdbayes: divergences, clustering, tempering, diffusion fits, hypothesis tests.
+
+Pure numpy / scipy / statsmodels (no torch). Every public result derives from
+:class:`~sgdbayes.stats.results.Result`; every hypothesis test returns a
+:class:`~sgdbayes.stats.results.HypothesisTest` decided by :func:`~sgdbayes.stats.results.decide`.
+See docs/methods.md and docs/api.md.
+"""
 
 # --- divergences, function-space clustering, tempering (posterior concentration, SCIENCE.md §5)
 from .bootstrap import percentile_interval, resample_groups, resample_runs, upper_bound  # noqa: F401
@@ -39,5 +45,20 @@ from .diffusion import (  # noqa: F401
     spectral_dimension,
 )
 from .hypotheses import HypothesisResult, holm, test_all, test_h1, test_h2, test_h3  # noqa: F401
-from .regression import Regressions, cross_run_regressions, deming  # noqa: F401
+from .regression import Correlation, Regressions, cross_run_regressions, deming, spearman  # noqa: F401
 from .simulate import simulate_curve, simulate_runs, simulate_two_segment  # noqa: F401
+
+# --- the one result vocabulary; summaries across runs; H4-H7 and the across-run verdicts (docs/methods.md)
+from .results import HypothesisTest, Result, Verdict, decide  # noqa: F401
+from .summaries import LLCSummaries, RunSummary, bootstrap_ci, llc_summaries, mean_ci, summarize  # noqa: F401
+from .verdicts import all_of, as_hypothesis_test, test_crossover  # noqa: F401
+from .concentration import (  # noqa: F401
+    PlateauFilter,
+    convergence_filter,
+    g_test_ess,
+    paired_bootstrap_divergences,
+    test_h4,
+    test_h5,
+)
+from .ablation import SlopeContrast, h6_contrast, test_h6  # noqa: F401
+from .prediction import DisplacementPrediction, predict_late_displacement, test_h7  # noqa: F401

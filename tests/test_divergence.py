@@ -64,7 +64,7 @@ def test_compare_flags_infinite_kl():
 
 def test_compare_probability_input_not_smoothed_and_noted():
     r = compare_distributions([10, 5, 5], [0.5, 0.25, 0.25], kind_q="prob")
-    assert np.allclose(r.q_smoothed, [0.5, 0.25, 0.25])
+    assert np.allclose(r.prob_q_smoothed, [0.5, 0.25, 0.25])
     assert any("not smoothed" in n for n in r.notes)
     assert np.isnan(r.w1) and any("W1 not computed" in n for n in r.notes)
 

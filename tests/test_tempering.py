@@ -167,6 +167,6 @@ def test_tempered_bootstrap_against_reference_runs():
                               smoothed_p=make_tempered_fn(lab, [0, 1, 2], alpha, xi, m, pseudocount=0.5),
                               metrics=("kl", "kl_smoothed", "js"), n_boot=100, rng=1,
                               names=("tempered SGD", "SGLD"))
-    assert np.allclose(b.point.p, direct)
+    assert np.allclose(b.point.prob_p, direct)
     assert all(np.isfinite(b.intervals[k]).all() for k in ("js", "kl_smoothed"))
     assert b.point.js < 0.02

@@ -302,14 +302,16 @@ class DivergenceResult(Result):
     ``kl`` = plug-in KL(P‖Q) (may be ``inf``: see ``kl_infinite``),
     ``kl_smoothed`` = KL on pseudocount-smoothed counts, ``js`` = JS divergence
     (nats), ``w1`` = W1 with centroid ground cost (NaN only if no centroids
-    were given, with a note).
+    were given, with a note). ``prob_p`` / ``prob_q`` are the two distributions and
+    ``prob_*_smoothed`` their smoothed versions (named ``prob_`` so that ``p`` never means
+    anything but a p-value).
     """
 
     categories: list
-    p: np.ndarray
-    q: np.ndarray
-    p_smoothed: np.ndarray
-    q_smoothed: np.ndarray
+    prob_p: np.ndarray
+    prob_q: np.ndarray
+    prob_p_smoothed: np.ndarray
+    prob_q_smoothed: np.ndarray
     kl: float
     kl_smoothed: float
     js: float
@@ -332,8 +334,8 @@ class DivergenceResult(Result):
         """One row per category: P, Q, smoothed P, Q."""
         a, b = self.names
         return pd.DataFrame({
-            "category": self.categories, f"p_{a}": self.p, f"p_{b}": self.q,
-            f"p_{a}_smoothed": self.p_smoothed, f"p_{b}_smoothed": self.q_smoothed,
+            "category": self.categories, f"p_{a}": self.prob_p, f"p_{b}": self.prob_q,
+            f"p_{a}_smoothed": self.prob_p_smoothed, f"p_{b}_smoothed": self.prob_q_smoothed,
         })
 
     def metrics_frame(self) -> pd.DataFrame:

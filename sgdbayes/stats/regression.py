@@ -205,6 +205,7 @@ class Regressions(Result):
     Columns of ``frame``: parameter (``"<kind>:<y>~<x>"``), y, x, kind ("ols_hc3", "spearman",
     "deming"), n, estimate, se (HC3, OLS rows), ci_low, ci_high (at ``level``), df (t degrees of
     freedom, OLS rows), pvalue, pvalue_holm (Holm over the whole family), p_method, note.
+    Intervals exist at ``level`` only (the bootstrap values are not kept).
     ``table`` is the same table under the names pipelines and reports read before phase B of
     issue 11 (lo, hi, p, p_holm; compat, to be dropped).
     """
@@ -220,18 +221,11 @@ class Regressions(Result):
         return t[LEGACY_TABLE_COLUMNS].copy()
 
     def _estimate_rows(self, level: float) -> list[dict]:
-        same = math.isclose(level, self.level)
-        rows = []
-        for r in self.frame.itertuples(index=False):
-            lo, hi = r.ci_low, r.ci_high
-            if not same:
-                if r.kind != "ols_hc3":
-                    raise ValueError(f"{r.parameter}: the bootstrap interval was computed at level "
-                                     f"{self.level:g}; recompute the regressions for level {level:g}")
-                q = stats.t.ppf(1 - (1 - level) / 2, r.df)
-                lo, hi = r.estimate - q * r.se, r.estimate + q * r.se
-            rows.append(estimate_row(r.parameter, r.estimate, r.se, lo, hi, r.pvalue))
-        return rows
+        if not math.isclose(level, self.level):
+            raise ValueError(f"the intervals (bootstrap ones among them) were computed at level {self.level:g}; "
+                             f"recompute the regressions for level {level:g}")
+        return [estimate_row(r.parameter, r.estimate, r.se, r.ci_low, r.ci_high, r.pvalue)
+                for r in self.frame.itertuples(index=False)]
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame.copy()

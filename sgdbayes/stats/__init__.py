@@ -6,7 +6,7 @@ Pure numpy / scipy / statsmodels (no torch). Every public result derives from
 See docs/methods.md and docs/api.md.
 """
 
-# --- divergences, function-space clustering, tempering (posterior concentration, SCIENCE.md §5)
+# --- divergences, function-space clustering, tempering (posterior concentration, docs/methods.md)
 from .bootstrap import percentile_interval, resample_groups, resample_runs, upper_bound  # noqa: F401
 from .cluster import FunctionSpaceClusterer, StructureReport, cluster_table, probe_inputs  # noqa: F401
 from .divergence import (  # noqa: F401
@@ -32,7 +32,7 @@ from .tempering import (  # noqa: F401
     theoretical_distribution,
 )
 
-# --- diffusion fits, hypothesis tests H1-H3, cross-run regressions, simulated truth (SCIENCE.md §2-4)
+# --- diffusion fits, hypothesis tests H1-H3, cross-run regressions, simulated truth (docs/methods.md)
 from .diffusion import (  # noqa: F401
     CrossoverFit,
     DiffusionFit,

@@ -4,8 +4,8 @@ The resampling unit matters. SGD runs (one solution per seed) are independent,
 so the bootstrap resamples *runs*. SGLD samples are autocorrelated within a
 chain, so the bootstrap resamples *whole chains* (a cluster/block bootstrap
 with the chain as the block): a resample draws ``n_chains`` chain ids with
-replacement and keeps every sample of each drawn chain (SCIENCE.md §5,
-"resample SGLD chains, not samples").
+replacement and keeps every sample of each drawn chain (docs/methods.md, "Divergences":
+resample SGLD chains, not samples).
 
 All randomness comes from a :class:`numpy.random.Generator` passed in as ``seed`` (or
 built from an int seed); no global RNG state is touched.

@@ -76,7 +76,7 @@ def _flatten(predictions) -> np.ndarray:
 
 @dataclass
 class StructureReport(Result):
-    """Is there cluster structure at all? (SCIENCE.md §5: measure it first.)
+    """Is there cluster structure at all? (docs/methods.md, "Cluster structure": measure it first.)
 
     ``validity_index``: HDBSCAN's DBCV in [-1, 1] on the embedding (NaN, with a
     note, when undefined: fewer than two clusters or a numerical failure).

@@ -1,4 +1,4 @@
-"""Divergences between distributions over clusters (paper §4.2, Table 2; SCIENCE.md §5).
+"""Divergences between distributions over clusters (paper §4.2, Table 2; docs/methods.md, "Divergences").
 
 Conventions (state them in every report):
 
@@ -27,6 +27,9 @@ Conventions (state them in every report):
 * **Equivalence** ("≈", H5): the claim "divergence < margin" is supported when
   the one-sided upper ``level`` (default 95 %) bootstrap bound lies below the
   margin (default 0.05). H0 is non-equivalence.
+
+The vectors' divergences live in :mod:`.distances` and the G-test in :mod:`.gtest`; both are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .._validation import check_choice, check_float, check_level, check_n_boot
 from .bootstrap import (
@@ -50,6 +52,19 @@ from .bootstrap import (
     resolve_seed,
     upper_bound,
 )
+from .distances import (  # noqa: F401  (re-exported: the public names of this module before the split)
+    DEFAULT_PSEUDOCOUNT,
+    centroid_cost,
+    check_distribution,
+    js_divergence,
+    kl_divergence,
+    kl_smoothed,
+    looks_like_counts,
+    smoothed_probabilities,
+    to_probabilities,
+    wasserstein1,
+)
+from .gtest import GTestResult, g_test  # noqa: F401  (re-exported)
 from .results import Result, estimate_row
 
 __all__ = [
@@ -70,225 +85,7 @@ __all__ = [
 ]
 
 METRICS = ("kl", "kl_smoothed", "js", "w1")
-DEFAULT_PSEUDOCOUNT = 0.5
 DEFAULT_MARGIN = 0.05
-
-
-# ----------------------------------------------------------------------------
-# basic vectors
-# ----------------------------------------------------------------------------
-
-def _check_vec(x, name="x") -> np.ndarray:
-    v = np.asarray(x, dtype=float)
-    if v.ndim != 1:
-        raise ValueError(f"{name} must be 1-D")
-    if v.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.isfinite(v).all():
-        raise ValueError(f"{name} contains non-finite values")
-    if (v < 0).any():
-        raise ValueError(f"{name} has negative entries")
-    if v.sum() <= 0:
-        raise ValueError(f"{name} has zero total mass")
-    return v
-
-
-def to_probabilities(x, name: str = "x") -> np.ndarray:
-    """Normalise a count or probability vector to sum 1 (validates input)."""
-    v = _check_vec(x, name)
-    return v / v.sum()
-
-
-def smoothed_probabilities(counts, pseudocount: float = DEFAULT_PSEUDOCOUNT) -> np.ndarray:
-    """``(n_c + a) / (N + a K)`` — additive smoothing of a count vector."""
-    v = _check_vec(counts, "counts")
-    if pseudocount < 0:
-        raise ValueError("pseudocount must be >= 0")
-    v = v + pseudocount
-    return v / v.sum()
-
-
-def _looks_like_counts(v: np.ndarray) -> bool:
-    return bool(np.allclose(v, np.round(v)) and v.sum() > 1.0 + 1e-9)
-
-
-def _xlogy_ratio(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Elementwise p log(p/q) with 0 log 0 = 0 and +inf where q=0<p."""
-    out = np.zeros_like(p)
-    pos = p > 0
-    with np.errstate(divide="ignore"):
-        out[pos] = p[pos] * (np.log(p[pos]) - np.log(q[pos]))
-    return out
-
-
-def kl_divergence(p, q) -> float:
-    """Plug-in Kullback–Leibler divergence ``KL(P‖Q) = Σ P log(P/Q)`` in nats.
-
-    Inputs are count or probability vectors over the same categories (each is
-    normalised). Returns ``inf`` (explicitly, never NaN) when some ``Q(c) = 0``
-    with ``P(c) > 0``; ``0 log 0 = 0``.
-    """
-    P, Q = to_probabilities(p, "p"), to_probabilities(q, "q")
-    if P.shape != Q.shape:
-        raise ValueError("p and q must have the same length")
-    if ((Q == 0) & (P > 0)).any():
-        return float("inf")
-    return float(max(_xlogy_ratio(P, Q).sum(), 0.0))
-
-
-def kl_smoothed(counts_p, counts_q, pseudocount: float = DEFAULT_PSEUDOCOUNT) -> float:
-    """KL between pseudocount-smoothed count vectors (pseudocount ``a``, default 0.5):
-    ``KL(P̃‖Q̃)`` with ``P̃(c) = (n_c + a)/(N + aK)``. Always finite for ``a > 0``."""
-    return kl_divergence(smoothed_probabilities(counts_p, pseudocount),
-                         smoothed_probabilities(counts_q, pseudocount))
-
-
-def js_divergence(p, q) -> float:
-    """Jensen–Shannon divergence in nats: ``½KL(P‖M) + ½KL(Q‖M)``, ``M=(P+Q)/2``.
-
-    Bounded: ``0 ≤ JS ≤ log 2``; ``= log 2`` iff supports are disjoint.
-    """
-    P, Q = to_probabilities(p, "p"), to_probabilities(q, "q")
-    if P.shape != Q.shape:
-        raise ValueError("p and q must have the same length")
-    M = 0.5 * (P + Q)
-    js = 0.5 * _xlogy_ratio(P, M).sum() + 0.5 * _xlogy_ratio(Q, M).sum()
-    return float(min(max(js, 0.0), np.log(2.0)))
-
-
-def centroid_cost(centroids) -> np.ndarray:
-    """Euclidean distance matrix between centroid rows (ground cost for W1)."""
-    C = np.asarray(centroids, dtype=float)
-    if C.ndim == 1:
-        C = C[:, None]
-    diff = C[:, None, :] - C[None, :, :]
-    return np.sqrt((diff ** 2).sum(-1))
-
-
-def wasserstein1(p, q, centroids=None, cost=None) -> float:
-    """W1 (earth mover's) distance between cluster distributions, exact LP via
-    POT ``ot.emd2``. Ground cost = Euclidean distance between cluster centroids
-    in the embedding (or a given ``cost`` matrix).
-
-    Categories with zero mass in both ``p`` and ``q`` are dropped before the
-    solve (their centroid is then not needed). A category with mass whose
-    centroid is not finite raises ``ValueError``.
-    """
-    import ot  # POT
-
-    P, Q = to_probabilities(p, "p"), to_probabilities(q, "q")
-    if P.shape != Q.shape:
-        raise ValueError("p and q must have the same length")
-    if cost is None:
-        if centroids is None:
-            raise ValueError("give centroids (K x d) or a cost matrix")
-        C = np.asarray(centroids, dtype=float)
-        if C.ndim == 1:
-            C = C[:, None]
-        if C.shape[0] != P.size:
-            raise ValueError("centroids must have one row per category")
-        keep = (P > 0) | (Q > 0)
-        if not np.isfinite(C[keep]).all():
-            raise ValueError("a category with mass has a non-finite centroid")
-        M = centroid_cost(C[keep])
-    else:
-        M_full = np.asarray(cost, dtype=float)
-        keep = (P > 0) | (Q > 0)
-        M = M_full[np.ix_(keep, keep)]
-        if not np.isfinite(M).all():
-            raise ValueError("cost matrix has non-finite entries on categories with mass")
-    a = P[keep] / P[keep].sum()
-    b = Q[keep] / Q[keep].sum()
-    if a.size == 1:
-        return 0.0
-    val = float(ot.emd2(a, b, np.ascontiguousarray(M)))
-    return max(val, 0.0)
-
-
-# ----------------------------------------------------------------------------
-# G-test
-# ----------------------------------------------------------------------------
-
-@dataclass
-class GTestResult(Result):
-    """G-test (log-likelihood ratio) of homogeneity between two count vectors.
-
-    ``statistic`` = G, ``pvalue`` its χ² p-value with ``dof`` degrees of freedom (H0 =
-    homogeneity), over ``n_categories_used`` categories (``dropped_categories`` were zero in
-    both rows). ``scale`` is the factor applied to the second count vector (1 = raw counts;
-    < 1 when SGLD counts were scaled to their effective sample size).
-    """
-
-    statistic: float
-    pvalue: float
-    dof: int
-    n_categories_used: int
-    dropped_categories: list
-    notes: list = field(default_factory=list)
-    scale: float = 1.0
-
-    def _estimate_rows(self, level: float) -> list[dict]:
-        return [estimate_row("G", self.statistic, pvalue=self.pvalue)]
-
-    def summary(self) -> str:
-        s = (f"G-test of homogeneity: G = {self.statistic:.4g}, df = {self.dof}, "
-             f"p = {self.pvalue:.4g} ({self.n_categories_used} categories)")
-        if self.dropped_categories:
-            s += f"; dropped all-zero categories {self.dropped_categories}"
-        for n in self.notes:
-            s += f"\n  note: {n}"
-        return s
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{
-            "test": "G-test (homogeneity)", "statistic": self.statistic, "dof": self.dof,
-            "pvalue": self.pvalue, "n_categories_used": self.n_categories_used,
-            "dropped_categories": ",".join(map(str, self.dropped_categories)),
-        }])
-
-
-def g_test(counts_p, counts_q, categories: Optional[Sequence] = None, *,
-           n_eff_p: Optional[float] = None, n_eff_q: Optional[float] = None) -> GTestResult:
-    """G-test of homogeneity of two count vectors (2×K table).
-
-    Uses ``scipy.stats.chi2_contingency(lambda_="log-likelihood",
-    correction=False)``. Categories that are zero in both rows are dropped (the
-    expected count would be 0) and listed in ``dropped_categories``. With fewer
-    than two non-empty categories the test is degenerate: G = 0, p = 1, df = 0
-    (noted). Assumes independent observations (see module docstring for SGLD);
-    ``n_eff_p`` / ``n_eff_q`` rescale a count vector to that total (e.g. the
-    SGLD effective sample size), keeping its proportions — stated in the notes.
-    """
-    a = np.asarray(counts_p, dtype=float)
-    b = np.asarray(counts_q, dtype=float)
-    scale_notes = []
-    if n_eff_p is not None:
-        a = a / a.sum() * float(n_eff_p)
-        scale_notes.append(f"counts_p rescaled to effective size {float(n_eff_p):g}")
-    if n_eff_q is not None:
-        b = b / b.sum() * float(n_eff_q)
-        scale_notes.append(f"counts_q rescaled to effective size {float(n_eff_q):g}")
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError("count vectors must be 1-D and of equal length")
-    for v, nm in ((a, "counts_p"), (b, "counts_q")):
-        if (v < 0).any() or not np.isfinite(v).all():
-            raise ValueError(f"{nm} must be finite and non-negative")
-        if v.sum() <= 0:
-            raise ValueError(f"{nm} has zero total count")
-    cats = list(categories) if categories is not None else list(range(a.size))
-    zero = (a + b) == 0
-    dropped = [c for c, z in zip(cats, zero) if z]
-    notes = list(scale_notes)
-    if dropped:
-        notes.append(f"dropped {len(dropped)} all-zero categor{'y' if len(dropped)==1 else 'ies'}: {dropped}")
-    table = np.vstack([a[~zero], b[~zero]])
-    if table.shape[1] < 2:
-        notes.append("fewer than two non-empty categories: homogeneity holds trivially (G=0, p=1)")
-        return GTestResult(0.0, 1.0, 0, int(table.shape[1]), dropped, notes)
-    if not scale_notes and not (np.allclose(a, np.round(a)) and np.allclose(b, np.round(b))):
-        notes.append("non-integer counts (e.g. ESS-scaled) used as given")
-    g, p, dof, _ = stats.chi2_contingency(table, correction=False, lambda_="log-likelihood")
-    return GTestResult(float(g), float(p), int(dof), int(table.shape[1]), dropped, notes)
 
 
 # ----------------------------------------------------------------------------
@@ -363,9 +160,9 @@ class DivergenceResult(Result):
 
 
 def _prep(x, kind, pseudocount, name, notes):
-    v = _check_vec(x, name)
+    v = check_distribution(x, name)
     if kind == "auto":
-        kind = "counts" if _looks_like_counts(v) else "prob"
+        kind = "counts" if looks_like_counts(v) else "prob"
     if kind not in ("counts", "prob"):
         raise ValueError("kind must be 'counts', 'prob' or 'auto'")
     P = v / v.sum()
@@ -577,7 +374,7 @@ def bootstrap_divergences(
         if user is not None:
             return to_probabilities(user(idx))
         v = np.asarray(fn(idx), dtype=float)
-        if _looks_like_counts(v):
+        if looks_like_counts(v):
             return smoothed_probabilities(v, pseudocount)
         return to_probabilities(v)
 

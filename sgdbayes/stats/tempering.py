@@ -1,5 +1,8 @@
 """Tempering SGD's cluster distribution toward the Bayesian posterior
-(paper §3.3.3–3.4, §4.2, Fig 3, Fig 4b, Table 2; SCIENCE.md §5).
+(paper §3.3.3–3.4, §4.2, Fig 3, Fig 4b, Table 2; docs/methods.md, "Posterior concentration").
+
+The per-cluster properties, the theoretical distribution and the free-energy reference live in
+:mod:`.theory` and are re-exported here.
 
 Formulas (paper numbering):
 
@@ -45,6 +48,19 @@ from scipy.special import logsumexp
 from .._validation import check_float, check_level, check_n_boot
 from .bootstrap import SeedLike, as_generator, label_positions, percentile_interval, resolve_seed
 from .results import Result, estimate_row
+from .theory import (  # noqa: F401  (re-exported: the public names of this module before the split)
+    ClusterProperties,
+    FreeEnergyResult,
+    cluster_properties,
+    default_xi_grid,
+    diffusion_coefficient,
+    free_energy_distribution,
+    group_mean,
+    kl_sgd_theory,
+    log_diffusion,
+    theoretical_distribution,
+    valid_alpha,
+)
 
 __all__ = [
     "log_diffusion",
@@ -64,204 +80,10 @@ __all__ = [
 ]
 
 
-def default_xi_grid() -> np.ndarray:
-    """Log grid of ξ: 10^-2 .. 10^2, 81 points (20 per decade)."""
-    return np.logspace(-2, 2, 81)
-
-
-def _valid_alpha(alpha) -> np.ndarray:
-    a = np.asarray(alpha, dtype=float)
-    return np.isfinite(a) & (a > 0)
-
-
-def log_diffusion(xi, alpha) -> np.ndarray:
-    """``log D_ξ = (2 − d_walk) log ξ`` with ``d_walk = 1/α`` (Lemma 3.2, Cor 3.1 eq 13).
-
-    Raises for α ≤ 0 or non-finite α (no walk dimension); filter such runs first.
-    """
-    a = np.asarray(alpha, dtype=float)
-    if not _valid_alpha(a).all():
-        raise ValueError("alpha must be finite and > 0 (d_walk = 1/alpha)")
-    xi = np.asarray(xi, dtype=float)
-    if (xi <= 0).any():
-        raise ValueError("xi must be > 0")
-    return (2.0 - 1.0 / a) * np.log(xi)
-
-
-def diffusion_coefficient(xi, alpha) -> np.ndarray:
-    """``D_ξ = ξ^(2 − 1/α)`` (Lemma 3.2, Cor 3.1 eq 13)."""
-    return np.exp(log_diffusion(xi, alpha))
-
-
-# ----------------------------------------------------------------------------
-# per-cluster properties
-# ----------------------------------------------------------------------------
-
 def _names(categories) -> list:
     from .cluster import category_names
 
     return category_names(categories)
-
-
-@dataclass
-class ClusterProperties(Result):
-    """Per-cluster inputs of the tempering formulas, in a fixed category order.
-
-    ``n`` runs per cluster, ``mass`` = P_sgd(c) = n/N, ``loss`` = L_c (mean final
-    training loss), ``d_walk`` = mean of 1/α over the cluster's valid runs,
-    ``alpha`` = mean α over valid runs, ``llc`` = mean λ (NaN where undefined).
-    ``defined`` marks clusters with runs, finite loss and ≥ 1 valid α.
-    """
-
-    categories: list
-    n: np.ndarray
-    mass: np.ndarray
-    loss: np.ndarray
-    d_walk: np.ndarray
-    alpha: np.ndarray
-    llc: np.ndarray
-    n_alpha_valid: np.ndarray
-    n_alpha_invalid: np.ndarray
-
-    @property
-    def defined(self) -> np.ndarray:
-        return (self.n > 0) & np.isfinite(self.loss) & (self.n_alpha_valid > 0)
-
-    def _estimate_rows(self, level: float) -> list[dict]:
-        """Point values per category: mass, L_c, mean λ_c, mean α_c, mean d_walk (no intervals)."""
-        rows = []
-        for nm, mass, L, lam, a, dw in zip(_names(self.categories), self.mass, self.loss, self.llc, self.alpha,
-                                           self.d_walk):
-            rows += [estimate_row(f"P_sgd[{nm}]", mass), estimate_row(f"L_c[{nm}]", L),
-                     estimate_row(f"llc_c[{nm}]", lam), estimate_row(f"alpha_c[{nm}]", a),
-                     estimate_row(f"d_walk_c[{nm}]", dw)]
-        return rows
-
-    def log_D(self, xi: float) -> np.ndarray:
-        """Mean log D_ξ(c) = (2 − mean d_walk) log ξ; NaN for undefined clusters."""
-        return (2.0 - self.d_walk) * np.log(xi)
-
-    def to_frame(self, xi: Optional[float] = None) -> pd.DataFrame:
-        from .cluster import category_names
-
-        df = pd.DataFrame({
-            "category": self.categories, "name": category_names(self.categories), "n": self.n,
-            "P_sgd": self.mass, "L_c": self.loss, "llc_c": self.llc, "alpha_c": self.alpha,
-            "d_walk_c": self.d_walk, "n_alpha_valid": self.n_alpha_valid,
-            "n_alpha_invalid": self.n_alpha_invalid, "defined": self.defined,
-        })
-        if xi is not None:
-            df["log_D_xi"] = self.log_D(xi)
-            df["D_xi"] = np.exp(df["log_D_xi"])
-        return df
-
-
-def _group_mean(pos, K, values, mask=None):
-    v = np.asarray(values, dtype=float)
-    m = np.isfinite(v) if mask is None else (mask & np.isfinite(v))
-    s = np.bincount(pos[m], weights=v[m], minlength=K)
-    c = np.bincount(pos[m], minlength=K)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(c > 0, s / np.maximum(c, 1), np.nan)
-    return out, c
-
-
-def cluster_properties(labels, categories: Sequence, loss, alpha, llc=None) -> ClusterProperties:
-    """Per-cluster n, P_sgd, L_c, mean d_walk (= mean 1/α), mean α, mean λ.
-
-    ``labels``, ``loss``, ``alpha`` (and ``llc``) have one entry per SGD run.
-    Noise (``-1``) is treated as any other category when it is in ``categories``.
-    """
-    cats = list(categories)
-    pos = label_positions(labels, cats)
-    K = len(cats)
-    loss = np.asarray(loss, dtype=float)
-    alpha = np.asarray(alpha, dtype=float)
-    if loss.shape != pos.shape or alpha.shape != pos.shape:
-        raise ValueError("loss and alpha need one value per run")
-    n = np.bincount(pos, minlength=K)
-    N = pos.size
-    valid = _valid_alpha(alpha)
-    inv_alpha = np.where(valid, 1.0 / np.where(valid, alpha, 1.0), np.nan)
-    d_walk, n_valid = _group_mean(pos, K, inv_alpha, valid)
-    a_mean, _ = _group_mean(pos, K, alpha, valid)
-    L, _ = _group_mean(pos, K, loss)
-    if llc is not None:
-        lam, _ = _group_mean(pos, K, llc)
-    else:
-        lam = np.full(K, np.nan)
-    n_invalid = n - n_valid
-    return ClusterProperties(cats, n, n / N if N else np.zeros(K), L, d_walk, a_mean, lam,
-                             n_valid, n_invalid)
-
-
-# ----------------------------------------------------------------------------
-# theoretical distribution and the xi sweep
-# ----------------------------------------------------------------------------
-
-def _log_p_theory(loss_c, log_D_c, lr):
-    """log p_theory for defined clusters (others -inf), normalised over the last
-    axis; arrays broadcast as [..., K].
-
-    Overflow-safe: with ``s_c = log(γ L_c) − log D_c`` the logits are
-    ``−e^{s_c}``; we subtract the largest logit analytically,
-    ``e^{s_c} − e^{s_min} = e^{s_c + log(−expm1(s_min − s_c))}``, so clusters
-    whose ``γ L_c / D_c`` overflows get probability 0 relative to the winner
-    instead of producing NaN.
-    """
-    if lr <= 0:
-        raise ValueError("lr (gamma) must be > 0")
-    loss_c = np.asarray(loss_c, dtype=float)
-    log_D_c = np.asarray(log_D_c, dtype=float)
-    loss_c, log_D_c = np.broadcast_arrays(loss_c, log_D_c)
-    defined = np.isfinite(loss_c) & np.isfinite(log_D_c)
-    if (loss_c[defined] < 0).any():
-        raise ValueError("cluster losses must be >= 0 (mean negative log-likelihood)")
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        s = np.where(defined, np.log(lr) + np.log(np.where(defined, loss_c, 1.0)) - np.where(defined, log_D_c, 0.0),
-                     np.inf)
-        s_min = np.min(s, axis=-1, keepdims=True)
-        gap = np.where(s == s_min, 0.0,
-                       np.exp(s + np.log(-np.expm1(np.minimum(s_min - s, 0.0)))))
-    gap = np.where(defined, gap, np.inf)
-    logits = -gap
-    norm = logsumexp(logits, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):
-        out = logits - norm
-    return np.where(np.isfinite(norm), out, -np.inf)
-
-
-def theoretical_distribution(loss_c, log_D_c, lr: float) -> np.ndarray:
-    """Lemma 3.3 over clusters: ``p_theory(c; ξ) ∝ exp(−γ L_c / D_ξ(c))``.
-
-    ``log_D_c`` = per-cluster mean log D_ξ (Cor 3.1); ``lr`` = γ. Clusters with
-    undefined (NaN) L_c or log D get probability 0. Computed in log space.
-    """
-    lp = _log_p_theory(loss_c, log_D_c, lr)
-    if not np.isfinite(lp).any():
-        raise ValueError("no cluster has a defined p_theory (all L_c/D_c undefined or overflow)")
-    return np.exp(lp)
-
-
-def _kl_log(p, log_q):
-    """KL(p ‖ q) with q given in log space; p over the last axis. inf if q=0<p."""
-    p = np.asarray(p, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1.0)) - log_q), 0.0)
-    terms = np.where((p > 0) & ~np.isfinite(log_q), np.inf, terms)
-    return np.maximum(terms.sum(-1), 0.0)
-
-
-def kl_sgd_theory(p_sgd, loss_c, d_walk_c, lr: float, xi_grid) -> np.ndarray:
-    """``KL(P_sgd ‖ p_theory(ξ))`` for every ξ in ``xi_grid`` (Fig 3), with
-    ``log D_ξ(c) = (2 − d_walk_c) log ξ``. Returns an array [len(xi_grid)];
-    ``inf`` where p_theory is 0 on a cluster with P_sgd > 0."""
-    xi = np.asarray(xi_grid, dtype=float)
-    p = np.asarray(p_sgd, dtype=float)
-    p = p / p.sum()
-    log_D = (2.0 - np.asarray(d_walk_c, dtype=float))[None, :] * np.log(xi)[:, None]
-    lq = _log_p_theory(np.asarray(loss_c, dtype=float)[None, :], log_D, lr)
-    return _kl_log(p[None, :], lq)
 
 
 @dataclass
@@ -348,8 +170,8 @@ def _argmin_grid(grid, kl):
 
 def _props_from_pos(pos, K, loss, inv_alpha, valid):
     n = np.bincount(pos, minlength=K)
-    L, _ = _group_mean(pos, K, loss)
-    dw, _ = _group_mean(pos, K, inv_alpha, valid)
+    L, _ = group_mean(pos, K, loss)
+    dw, _ = group_mean(pos, K, inv_alpha, valid)
     return n / max(pos.size, 1), L, dw
 
 
@@ -382,7 +204,7 @@ def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None,
     pos = label_positions(labels, cats)
     loss = np.asarray(loss, dtype=float)
     alpha = np.asarray(alpha, dtype=float)
-    valid = _valid_alpha(alpha)
+    valid = valid_alpha(alpha)
     inv_alpha = np.where(valid, 1.0 / np.where(valid, alpha, 1.0), np.nan)
     props = cluster_properties(labels, cats, loss, alpha, llc)
     notes = []
@@ -542,64 +364,6 @@ def tempered_distribution(p_sgd, log_D, m: float, *, categories: Optional[Sequen
                           float(pseudocount), notes)
 
 
-@dataclass
-class FreeEnergyResult(Result):
-    """SLT free-energy reference: ``F_c ≈ m L_c + λ_c log m``, ``P_F ∝ exp(−F_c)``."""
-
-    categories: list
-    loss: np.ndarray
-    llc: np.ndarray
-    free_energy: np.ndarray
-    p_f: np.ndarray
-    m: float
-    notes: list = field(default_factory=list)
-
-    def _estimate_rows(self, level: float) -> list[dict]:
-        rows = []
-        for nm, F, p in zip(_names(self.categories), self.free_energy, self.p_f):
-            rows += [estimate_row(f"F[{nm}]", F), estimate_row(f"P_F[{nm}]", p)]
-        return rows
-
-    def to_frame(self) -> pd.DataFrame:
-        from .cluster import category_names
-
-        return pd.DataFrame({"category": self.categories, "name": category_names(self.categories),
-                             "L_c": self.loss, "llc_c": self.llc, "F_c": self.free_energy, "P_F": self.p_f})
-
-    def summary(self) -> str:
-        s = f"SLT free-energy reference (Watanabe), m = {self.m:g}: P_F = " + ", ".join(
-            f"{c}: {p:.4g}" for c, p in zip(self.categories, self.p_f))
-        for n in self.notes:
-            s += f"\n  note: {n}"
-        return s
-
-
-def free_energy_distribution(loss_c, llc_c, m: float, categories: Optional[Sequence] = None) -> FreeEnergyResult:
-    """Watanabe's asymptotic local free energy ``F_c ≈ m L_c + λ_c log m`` and
-    ``P_F(c) ∝ exp(−F_c)`` (log space). ``L_c`` = mean per-sample NLL (training
-    loss), ``λ_c`` = mean LLC. Undefined (NaN) clusters get P_F = 0 and a note.
-    Negative λ_c are used as given (they lower F_c) and noted.
-    """
-    L = np.asarray(loss_c, dtype=float)
-    lam = np.asarray(llc_c, dtype=float)
-    if L.shape != lam.shape or L.ndim != 1:
-        raise ValueError("loss_c and llc_c must be 1-D of equal length")
-    if m <= 1:
-        raise ValueError("m must be > 1")
-    cats = list(categories) if categories is not None else list(range(L.size))
-    notes = []
-    F = m * L + lam * np.log(m)
-    ok = np.isfinite(F)
-    if (~ok).any():
-        notes.append(f"categories {[c for c, o in zip(cats, ok) if not o]} have undefined L_c or λ_c: P_F = 0")
-    if not ok.any():
-        raise ValueError("no category has a defined free energy")
-    if (lam[np.isfinite(lam)] < 0).any():
-        notes.append("some λ_c < 0 (LLC estimation artefact); used as given")
-    logits = np.where(ok, -F, -np.inf)
-    p = np.exp(logits - logsumexp(logits))
-    return FreeEnergyResult(cats, L, lam, np.where(ok, F, np.nan), p, float(m), notes)
-
 
 def make_tempered_fn(labels, categories: Sequence, alpha, xi: float, m: float, *,
                      pseudocount: float = 0.0):
@@ -615,13 +379,13 @@ def make_tempered_fn(labels, categories: Sequence, alpha, xi: float, m: float, *
     K = len(cats)
     pos = label_positions(labels, cats)
     alpha = np.asarray(alpha, dtype=float)
-    valid = _valid_alpha(alpha)
+    valid = valid_alpha(alpha)
     inv_alpha = np.where(valid, 1.0 / np.where(valid, alpha, 1.0), np.nan)
 
     def fn(idx):
         idx = np.asarray(idx)
         counts = np.bincount(pos[idx], minlength=K).astype(float)
-        dw, _ = _group_mean(pos[idx], K, inv_alpha[idx], valid[idx])
+        dw, _ = group_mean(pos[idx], K, inv_alpha[idx], valid[idx])
         log_D = (2.0 - dw) * np.log(xi)
         return tempered_distribution(counts, log_D, m, categories=cats, xi=xi,
                                      pseudocount=pseudocount).p_temp

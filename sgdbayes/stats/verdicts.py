@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .._validation import check_level, check_pvalue
-from .results import HypothesisTest, Verdict, decide
+from .results import HypothesisTest, Verdict
 from .summaries import bootstrap_ci
 
 __all__ = ["as_hypothesis_test", "test_crossover", "all_of", "WILCOXON_TEST"]

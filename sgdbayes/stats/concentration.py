@@ -24,6 +24,7 @@ docs/methods.md, "Posterior concentration").
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -136,15 +137,52 @@ def kruskal_test(groups: Sequence[np.ndarray], exact_max_n: int = 10) -> dict:
     return {"statistic": float(kw.statistic), "pvalue": p, "k": len(groups), "p_method": method}
 
 
+def _h4_context(labels, cats, llc, counts) -> tuple[dict, list]:
+    """Run-level context of H4 and the exact permutation p of ρ over the clusters taken as fixed."""
+    from .cluster import category_names
+    from .regression import spearman_exact_pvalues
+
+    fin = np.isfinite(llc)
+    big = int(np.argmax(counts))
+    lam_big, lam_rest = llc[(labels == cats[big]) & fin], llc[(labels != cats[big]) & fin]
+    has = np.array([((labels == c) & fin).any() for c in cats])
+    details = {"n_clusters_with_llc": int(has.sum()), "largest_cluster": category_names(cats)[big],
+               "llc_largest_median": float(np.median(lam_big)) if lam_big.size else float("nan"),
+               "llc_rest_median": float(np.median(lam_rest)) if lam_rest.size else float("nan")}
+    notes = []
+    ok = (counts > 0) & has
+    k = int(ok.sum())
+    mass = counts[ok] / labels.size
+    lam_c = np.array([llc[(labels == c) & fin].mean() for c, o in zip(cats, ok) if o])
+    if k >= 3 and np.ptp(mass) > 0 and np.ptp(lam_c) > 0:
+        p = spearman_exact_pvalues(mass, lam_c)[1]
+        details["pvalue_less_exact_over_clusters"] = p
+        notes.append(f"exact permutation p of ρ over the {k} clusters, their masses and mean λ̂ taken as "
+                     f"fixed: {p:.3g} (the smallest possible with {k} clusters is 1/{k}! = "
+                     f"{1 / math.factorial(k):.3g})")
+    return details, notes
+
+
+def _kruskal_hypothesis(kw: dict, n_values: int, level: float) -> HypothesisTest:
+    a = 1 - level
+    if not np.isfinite(kw["pvalue"]):
+        kv = (Verdict.UNTESTABLE, "fewer than 2 clusters with >= 2 runs")
+    elif kw["pvalue"] < a:
+        kv = (Verdict.SUPPORTED, f"omnibus test without an interval, decided by its p-value: p < {a:g}")
+    else:
+        kv = (Verdict.NOT_SUPPORTED, f"omnibus test without an interval, decided by its p-value: p >= {a:g}")
+    return HypothesisTest.decided("H4-kruskal", "λ̂ differs between clusters", "Kruskal–Wallis H (λ̂ by cluster)",
+                                  kw["statistic"], None, None, kw["pvalue"] if np.isfinite(kw["pvalue"]) else None,
+                                  f"Kruskal–Wallis ({kw['p_method']})", level, threshold=0.0, direction="greater",
+                                  override=kv, window="clusters", n_tested=n_values, details={"k": kw["k"]})
+
+
 def test_h4(labels, categories: Sequence, llc, *, n_boot: int = 1000, level: float = 0.95,
             seed=0) -> list[HypothesisTest]:
     """H4 for SGD runs with cluster ``labels`` and λ̂ ``llc``: ``[H4 (ρ < 0), H4-kruskal]``.
 
     ``seed`` (int or numpy Generator; its stream continues) draws the ``n_boot`` resamples of runs.
     """
-    from .cluster import category_names
-    from .regression import spearman_exact_pvalues
-
     level = check_level(level)
     n_boot = check_n_boot(n_boot)
     cats = list(categories)
@@ -154,7 +192,6 @@ def test_h4(labels, categories: Sequence, llc, *, n_boot: int = 1000, level: flo
         raise ValueError(f"labels and llc need one value per run, got {labels.shape} and {llc.shape}")
     rng = check_generator(seed)
     K, N = len(cats), labels.size
-    names = category_names(cats)
     fin = np.isfinite(llc)
     groups = [g for g in (llc[(labels == c) & fin] for c in cats) if g.size >= 2]
     kw = kruskal_test(groups)
@@ -164,43 +201,17 @@ def test_h4(labels, categories: Sequence, llc, *, n_boot: int = 1000, level: flo
     rb = rho_boot[np.isfinite(rho_boot)]
     lo, hi = percentile_interval(rb, level) if rb.size >= 10 else (float("nan"), float("nan"))
     p = float((np.sum(rb >= 0) + 1) / (rb.size + 1)) if rb.size else float("nan")
-    counts = np.bincount(pos, minlength=K)
-    big = int(np.argmax(counts))
-    lam_big, lam_rest = llc[(labels == cats[big]) & fin], llc[(labels != cats[big]) & fin]
-    n_with = int(sum(((labels == c) & fin).any() for c in cats))
-    details = {"n_boot_finite": int(rb.size), "n_clusters_with_llc": n_with, "largest_cluster": names[big],
-               "llc_largest_median": float(np.median(lam_big)) if lam_big.size else float("nan"),
-               "llc_rest_median": float(np.median(lam_rest)) if lam_rest.size else float("nan"),
-               "kruskal": kw}
-    notes = []
-    ok = (counts > 0) & np.array([((labels == c) & fin).any() for c in cats])
-    mass = counts[ok] / N
-    lam_c = np.array([llc[(labels == c) & fin].mean() for c, o in zip(cats, ok) if o])
-    if ok.sum() >= 3 and np.ptp(mass) > 0 and np.ptp(lam_c) > 0:
-        details["pvalue_less_exact_over_clusters"] = spearman_exact_pvalues(mass, lam_c)[1]
-        notes.append(f"exact permutation p of ρ over the {int(ok.sum())} clusters, their masses and mean λ̂ "
-                     f"taken as fixed: {details['pvalue_less_exact_over_clusters']:.3g} (the smallest possible "
-                     f"with {int(ok.sum())} clusters is 1/{int(ok.sum())}!)")
+    details, notes = _h4_context(labels, cats, llc, np.bincount(pos, minlength=K))
+    details.update(n_boot_finite=int(rb.size), kruskal=kw)
     override = None
     if not np.isfinite(rho):
-        override = (Verdict.UNTESTABLE, f"only {n_with} categories with runs (a rank correlation needs >= 3)")
+        override = (Verdict.UNTESTABLE, f"only {details['n_clusters_with_llc']} categories with runs "
+                                        f"(a rank correlation needs >= 3)")
     h4 = HypothesisTest.decided("H4", "SGD mass concentrates on low-λ clusters", "Spearman ρ(P_sgd(c), mean λ̂_c)",
                                 rho, lo, hi, p if np.isfinite(p) else None,
                                 "bootstrap over runs, one-sided H0: ρ ≥ 0", level, threshold=0.0, direction="less",
                                 override=override, window="clusters", n_tested=N, notes=notes, details=details)
-    a = 1 - level
-    if not np.isfinite(kw["pvalue"]):
-        kv = (Verdict.UNTESTABLE, "fewer than 2 clusters with >= 2 runs")
-    elif kw["pvalue"] < a:
-        kv = (Verdict.SUPPORTED, f"omnibus test without an interval, decided by its p-value: p < {a:g}")
-    else:
-        kv = (Verdict.NOT_SUPPORTED, f"omnibus test without an interval, decided by its p-value: p >= {a:g}")
-    h4k = HypothesisTest.decided("H4-kruskal", "λ̂ differs between clusters", "Kruskal–Wallis H (λ̂ by cluster)",
-                                 kw["statistic"], None, None, kw["pvalue"] if np.isfinite(kw["pvalue"]) else None,
-                                 f"Kruskal–Wallis ({kw['p_method']})", level, threshold=0.0, direction="greater",
-                                 override=kv, window="clusters", n_tested=int(sum(g.size for g in groups)),
-                                 details={"k": kw["k"]})
-    return [h4, h4k]
+    return [h4, _kruskal_hypothesis(kw, int(sum(g.size for g in groups)), level)]
 
 
 # --------------------------------------------------------------------------- Table 2 pieces
@@ -306,7 +317,7 @@ def _slug(reference: str) -> str:
 def test_h5(divergences: Optional[BootstrapDivergenceResult], reference: str, *, restates_seeding: bool = False,
             reference_converged: Optional[bool] = None, convergence_note: str = "",
             gtest: Optional[GTestResult] = None, metrics: Sequence[str] = H5_METRICS,
-            statistic: str = "js") -> HypothesisTest:
+            statistic: str = "js", level: float = 0.95) -> HypothesisTest:
     """H5, tempered SGD ≈ ``reference`` ("SGLD", "free energy"), from the bootstrap of the
     divergences between them (None: no tempered distribution or no reference, untestable).
 
@@ -314,7 +325,8 @@ def test_h5(divergences: Optional[BootstrapDivergenceResult], reference: str, *,
     bounds at the bootstrap's level, i.e. coverage 2 level − 1). ``details`` has every metric's
     estimate, two-sided interval at the bootstrap's level, one-sided bounds and verdict, the
     margin and, when given, the G-test of homogeneity (H0 = homogeneity, so it is not the p-value
-    of this equivalence claim and is not used by the verdict).
+    of this equivalence claim and is not used by the verdict). ``level`` is used only when there
+    is no bootstrap (the bootstrap's own level decides otherwise).
     """
     id_ = f"H5-{_slug(reference)}"
     claim = f"tempered SGD ≈ {reference} posterior"
@@ -324,7 +336,8 @@ def test_h5(divergences: Optional[BootstrapDivergenceResult], reference: str, *,
     gdet = None if gtest is None else {"statistic": gtest.statistic, "pvalue": gtest.pvalue, "dof": gtest.dof,
                                        "scale": gtest.scale}
     if divergences is None:
-        return HypothesisTest.decided(id_, claim, stat_label, None, None, None, None, "bootstrap equivalence", 0.95,
+        return HypothesisTest.decided(id_, claim, stat_label, None, None, None, None, "bootstrap equivalence",
+                                      check_level(level),
                                       override=(Verdict.UNTESTABLE, "no tempered distribution or no reference"),
                                       details={"gtest": gdet})
     level, margin = divergences.level, divergences.margin

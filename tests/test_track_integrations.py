@@ -221,3 +221,29 @@ def test_missing_extra_gives_a_clear_message(monkeypatch, module, extra):
     monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(ImportError, match=rf'pip install "sgdbayes\[{extra}\]"'):
         importlib.import_module(module)
+
+
+def _doc_example(k):
+    from pathlib import Path
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "track.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    cmds = re.findall(r"python -m sgdbayes\.analyze (\S+) --out (\S+)", text)
+    return blocks[k], cmds[k]
+
+
+@pytest.mark.slow  # ~25-40 s each here: the examples' LLCs use the recommended settings
+@pytest.mark.parametrize("k, needs", [(1, "lightning.pytorch"), (2, "transformers")])
+def test_lightning_and_hf_examples_in_docs_run(tmp_path, monkeypatch, k, needs):
+    pytest.importorskip(needs)
+    from sgdbayes.analyze import main
+
+    block, (runs, out) = _doc_example(k)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(block, "docs/track.md", "exec"), {"__name__": "docs_example"})
+    assert main([runs, "--out", out, "--n-boot", "19"]) == 0
+    df = read_track_file(tmp_path / runs)
+    assert df["llc"].notna().sum() >= 2

@@ -196,10 +196,11 @@ class Tracker:
     def _record(self, t: int) -> None:
         if self._params[0].device != self._w0[0].device:  # the model was moved after construction
             self._w0 = [w.to(p.device) for w, p in zip(self._w0, self._params)]
-        diffs = torch._foreach_sub(self._params, self._w0)
-        norms = torch._foreach_norm(diffs)
+        norms = torch.stack(torch._foreach_norm(torch._foreach_sub(self._params, self._w0)))
+        if norms.device.type == "mps":  # no float64 there
+            norms = norms.cpu()
         self._steps.append(t)
-        self._pending.append(torch.stack(norms).double().square().sum().sqrt())
+        self._pending.append(norms.double().square().sum().sqrt())
         if len(self._pending) >= _MATERIALIZE_EVERY:
             self._materialize()
 
@@ -345,17 +346,19 @@ class Tracker:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Resume from :meth:`state_dict` (the tracker then owns its run's rows in the file)."""
+        """Resume from :meth:`state_dict` (the tracker then owns its run's rows in the file). The run
+        and the tracked parameters must match; the record grid and ``llc_every`` of this tracker
+        apply from the resumed step on."""
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             raise ValueError(f"not a tracker state (version {STATE_VERSION}); got "
                              f"{type(state).__name__} with version {getattr(state, 'get', lambda k: None)('version')!r}")
-        expect = {"run": self.run, "names": list(self.names), "shapes": [list(p.shape) for p in self._params],
-                  "grid": list(self.grid.settings()), "llc_every": self.llc_every}
+        # the grid and llc_every may change on resume (e.g. training for longer): they apply from here on
+        expect = {"run": self.run, "names": list(self.names), "shapes": [list(p.shape) for p in self._params]}
         for key, want in expect.items():
             got = state[key]
             if (list(got) if isinstance(got, (list, tuple)) else got) != want:
                 raise ValueError(f"tracker state: {key!r} is {got!r} in the checkpoint but {want!r} in this "
-                                 f"tracker; resume with the same settings")
+                                 f"tracker; resume the same run with the same tracked parameters")
         self._reset_records()
         self.last_step = int(state["last_step"])
         self.diverged_step = None if state["diverged_step"] is None else int(state["diverged_step"])

@@ -324,6 +324,16 @@ def test_run_ids_are_text(tmp_path, suffix):
     assert len(df) == 7 and (df["run"] == "007").sum() == 3
 
 
+def test_runs_with_different_covariates_share_a_file(tmp_path):
+    out = tmp_path / "mix.parquet"
+    write_runs(out, pd.DataFrame({"run": "a", "step": [1, 2], "displacement": [0.1, 0.2], "arch": "cnn"}))
+    write_runs(out, pd.DataFrame({"run": "b", "step": [1, 2], "displacement": [0.1, 0.2], "lr": 0.1}))
+    assert read_runs(out).covariate_names == ["arch", "lr"]
+    with pytest.raises(ValueError, match="column 'arch' holds text in runs \\['a'\\] and numbers"):
+        write_runs(out, pd.DataFrame({"run": "c", "step": [1], "displacement": [0.1], "arch": 3}))
+    assert sorted(read_track_file(out)["run"].unique()) == ["a", "b"]     # nothing written
+
+
 def test_state_dict_survives_torch_save_weights_only(tmp_path):
     x, y = _data()
     model = _mlp()

@@ -111,6 +111,7 @@ def _encode(df: pd.DataFrame, path: Path) -> bytes:
     ext = _suffix(path)
     buf = io.BytesIO()
     if ext in PARQUET_EXT:
+        _check_one_type_per_column(df, path)
         df.to_parquet(buf, index=False)
         return buf.getvalue()
     text = df.to_csv(index=False, sep="\t" if ext == ".tsv" else ",")
@@ -119,6 +120,18 @@ def _encode(df: pd.DataFrame, path: Path) -> bytes:
 
         return gzip.compress(text.encode("utf-8"), mtime=0)
     return text.encode("utf-8")
+
+
+def _check_one_type_per_column(df: pd.DataFrame, path: Path) -> None:
+    """Parquet columns have one type: text in one run and numbers in another is refused."""
+    for col in df.columns[df.dtypes == object]:
+        vals = df[col].dropna()
+        is_text = vals.map(lambda v: isinstance(v, str))
+        if is_text.any() and not is_text.all():
+            runs_text = sorted(set(df.loc[vals.index[is_text], "run"]))[:5]
+            runs_num = sorted(set(df.loc[vals.index[~is_text], "run"]))[:5]
+            raise ValueError(f"{path}: column {col!r} holds text in runs {runs_text} and numbers in runs "
+                             f"{runs_num}; a parquet column has one type (give the covariate one type)")
 
 
 def _lock(path: Path):

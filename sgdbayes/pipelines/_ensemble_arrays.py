@@ -1,15 +1,19 @@
-"""The per-run arrays every training stage stores from an :class:`~sgdbayes.engine.EnsembleResult`."""
+"""The per-run arrays every training stage stores from an :class:`~sgdbayes.engine.EnsembleResult`,
+and the divergence count every report prints."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+
+__all__ = ["ensemble_arrays", "divergence_summary"]
 
 
 def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:
     """seeds, step grid, displacement curves R(t) (``displacement_dtype``), train-loss curves,
-    final train loss / accuracy, final test loss / accuracy, and the parameter count."""
+    final train loss / accuracy, final test loss / accuracy, divergence flags and steps
+    (-1 = never), and the parameter count."""
     fin = res.final
     return {
         "seeds": np.asarray(res.seeds, dtype=np.int64),
@@ -20,5 +24,21 @@ def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:
         "final_train_acc": fin["train_acc"].to_numpy(float),
         "final_test_loss": fin["test_loss"].to_numpy(float),
         "final_test_acc": fin["test_acc"].to_numpy(float),
+        "diverged": fin["diverged"].to_numpy(bool),
+        "diverged_step": fin["diverged_step"].to_numpy(np.int64),
         "n_params": int(res.spec.n_params),
     }
+
+
+def divergence_summary(diverged: Sequence[bool], diverged_step: Sequence[int], labels: Sequence[Any]) -> dict:
+    """How many of the K runs diverged, which (``labels``) and at which steps.
+
+    A diverged run is left out of every stage after training; the report prints
+    ``"k of K runs diverged (at steps ...)"`` from this dict.
+    """
+    d = np.asarray(diverged, bool)
+    steps = np.asarray(diverged_step, np.int64)
+    idx = np.flatnonzero(d)
+    order = idx[np.argsort(steps[idx], kind="stable")]
+    return {"n_diverged": int(d.sum()), "n_runs": int(d.size), "all_diverged": bool(d.size and d.all()),
+            "runs": [str(labels[i]) for i in order], "steps": [int(steps[i]) for i in order]}

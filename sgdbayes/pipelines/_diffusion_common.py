@@ -81,22 +81,38 @@ def llc_training_hook(config, every: int):
         keep = (~state.diverged.to(w.device)) & torch.isfinite(w).all(1)
         k = int(w.shape[0])
         if bool(keep.all()):
-            return {**hook(state), "skipped": np.zeros(k, bool)}
+            try:
+                return {**hook(state), "skipped": np.zeros(k, bool)}
+            except ValueError:  # a seed whose loss at w is not finite: estimate the others one by one
+                pass
         out = {"llc": np.full(k, np.nan), "llc_std": np.full(k, np.nan), "negative": np.zeros(k, bool),
                "trend_flag": np.zeros(k, bool), "n_diverged": np.zeros(k, np.int64),
-               "all_diverged": np.zeros(k, bool), "skipped": (~keep).cpu().numpy()}
-        idx = torch.nonzero(keep).flatten()
-        if idx.numel():
-            x, y = dataset_tensors(state.data)
-            seeds = [int(s) for s in state.seeds]
-            res = hook.record(step, w[idx], state.spec, x, y, model_ids=[seeds[i] for i in idx.tolist()])
-            at = idx.cpu().numpy()
+               "all_diverged": np.zeros(k, bool), "skipped": np.ones(k, bool)}
+        x, y = dataset_tensors(state.data)
+        seeds = [int(s) for s in state.seeds]
+        for at, res in _estimates(hook, step, w, state.spec, x, y, seeds, torch.nonzero(keep).flatten().tolist()):
             out["llc"][at], out["llc_std"][at] = res.llc, res.llc_std
             out["negative"][at], out["trend_flag"][at] = res.negative, res.trend_flag
             out["n_diverged"][at], out["all_diverged"][at] = res.n_diverged, res.all_diverged
+            out["skipped"][at] = False
         return out
 
     return Hook(every=every, fn=estimate, name="llc"), hook
+
+
+def _estimates(hook, step, w, spec, x, y, seeds, rows):
+    """``[(rows, LLCResult)]`` for the given rows of ``w``; when the batch fails because some seed's
+    loss is not finite (its weights overflowed without the engine flagging it), each row is
+    estimated alone and the failing ones are left out (their λ̂ stays NaN)."""
+    if not rows:
+        return []
+    try:
+        res = hook.record(step, w[rows], spec, x, y, model_ids=[seeds[i] for i in rows])
+        return [(np.asarray(rows), res)]
+    except ValueError:
+        if len(rows) == 1:
+            return []
+        return [pair for i in rows for pair in _estimates(hook, step, w, spec, x, y, seeds, [i])]
 
 
 def train_cell(data, ecfg, llc=None, every: int = 100) -> dict[str, Any]:

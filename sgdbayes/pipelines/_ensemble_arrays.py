@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ensemble_arrays", "divergence_summary"]
+__all__ = ["ensemble_arrays", "divergence_flags", "divergence_summary"]
 
 
 def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:
@@ -15,6 +15,7 @@ def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:
     final train loss / accuracy, final test loss / accuracy, divergence flags and steps
     (-1 = never), and the parameter count."""
     fin = res.final
+    diverged, diverged_step = divergence_flags(res)
     return {
         "seeds": np.asarray(res.seeds, dtype=np.int64),
         "steps": np.asarray(res.steps, dtype=np.int64),
@@ -24,10 +25,29 @@ def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:
         "final_train_acc": fin["train_acc"].to_numpy(float),
         "final_test_loss": fin["test_loss"].to_numpy(float),
         "final_test_acc": fin["test_acc"].to_numpy(float),
-        "diverged": fin["diverged"].to_numpy(bool),
-        "diverged_step": fin["diverged_step"].to_numpy(np.int64),
+        "diverged": diverged,
+        "diverged_step": diverged_step,
         "n_params": int(res.spec.n_params),
     }
+
+
+def divergence_flags(res) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed: diverged, and the step it diverged at (-1 = never).
+
+    A seed diverged when the engine flagged it (its loss stopped being finite) *or* its
+    recorded displacement is not finite somewhere (R(t) overflowed while the loss stayed
+    finite); the step is then the first recorded step with a non-finite R(t).
+    """
+    fin = res.final
+    flag = fin["diverged"].to_numpy(bool).copy()
+    step = fin["diverged_step"].to_numpy(np.int64).copy()
+    bad = ~np.isfinite(np.asarray(res.displacement, dtype=np.float64))
+    extra = bad.any(1) & ~flag
+    if extra.any():
+        grid = np.asarray(res.steps, dtype=np.int64)
+        step[extra] = grid[np.argmax(bad[extra], axis=1)]
+        flag |= extra
+    return flag, step
 
 
 def divergence_summary(diverged: Sequence[bool], diverged_step: Sequence[int], labels: Sequence[Any]) -> dict:

@@ -91,10 +91,10 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     res = train_ensemble(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, ctx.device))
     fin = res.final
     arrays = ensemble_arrays(res)
-    ctx.log(f"    {len(res.seeds)} runs, train acc {fin['train_acc'].mean():.3f}, {int(fin['diverged'].sum())} diverged")
+    ctx.log(f"    {len(res.seeds)} runs, train acc {fin['train_acc'].mean():.3f}, {int(arrays['diverged'].sum())} diverged")
     return {
         **arrays,
-        "divergence": divergence_summary(arrays["diverged"], arrays["diverged_step"], arrays["seeds"]),
+        "divergence": divergence_summary(arrays["diverged"], arrays["diverged_step"], [f"seed {s}" for s in arrays["seeds"]]),
         "engine_s": float(res.meta.get("elapsed_s", float("nan"))),
     }
 

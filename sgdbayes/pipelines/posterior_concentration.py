@@ -268,7 +268,8 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     fin = res.final
     K = len(res.seeds)
     rel, passed = convergence_filter(res.steps, res.train_loss, c.convergence.window, c.convergence.rel_tol)
-    diverged = fin["diverged"].to_numpy(bool)
+    arrays = ensemble_arrays(res, displacement_dtype=np.float32)
+    diverged = arrays["diverged"]
     passed &= ~diverged
     n_pass = int(passed.sum())
     apply = bool(c.convergence.apply)
@@ -282,10 +283,9 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
                          f"{c.convergence.min_runs}); all non-diverged runs kept")
     ctx.log(f"    {K} runs, {n_pass} pass the plateau filter; filter {filter_status}; "
             f"train acc {fin['train_acc'].mean():.3f}; {int(diverged.sum())} diverged")
-    arrays = ensemble_arrays(res, displacement_dtype=np.float32)
     return {
         **arrays,
-        "divergence": divergence_summary(diverged, arrays["diverged_step"], arrays["seeds"]),
+        "divergence": divergence_summary(diverged, arrays["diverged_step"], [f"seed {s}" for s in arrays["seeds"]]),
         "rel_drop": rel,
         "passed": passed,
         "used": used,
@@ -798,8 +798,15 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
 
 
 def _no_run_left(ctx: StageContext):
+    """A reason to skip the later stages: fewer than 3 usable runs (clustering needs 3)."""
     d = ctx["train"]["divergence"]
-    return f"all {d['n_runs']} seeds diverged" if d["all_diverged"] else None
+    if d["all_diverged"]:
+        return f"all {d['n_runs']} seeds diverged"
+    n_used = int(np.sum(ctx["train"]["used"]))
+    if n_used < 3:
+        return (f"only {n_used} of {d['n_runs']} runs are usable ({d['n_diverged']} diverged); "
+                f"clustering solutions needs at least 3")
+    return None
 
 
 STAGES = [

@@ -117,7 +117,7 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     out["data_meta"] = {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))}
     out["n_train"], out["n_test"], out["n_features"] = data.n_train, int(data.x_test.shape[0]), data.n_features
     out["total_steps"] = ecfg.steps
-    out["divergence"] = divergence_summary(out["diverged"], out["diverged_step"], out["seeds"])
+    out["divergence"] = divergence_summary(out["diverged"], out["diverged_step"], [f"seed {s}" for s in out["seeds"]])
     ctx.log(f"    {len(ecfg.seeds)} runs x {ecfg.steps} steps; test acc {np.nanmean(out['final_test_acc']):.3f}; "
             f"λ̂ estimates {out['llc'].shape[1]} per run; {out['wall_s']:.1f} s")
     return out
@@ -303,6 +303,9 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
         n_sweep_diverged = int(np.asarray(sw["diverged"], bool).sum())
         if n_sweep_diverged:
             notes.append(f"{n_sweep_diverged} of {A * S} sweep runs diverged; left out of the sweep analysis")
+        if not sruns_all:  # every sweep run diverged: nothing to analyse (the note says so)
+            out["sweep"] = {"enabled": False, "all_diverged": True}
+            return out
         sruns = pd.concat(sruns_all, ignore_index=True)
         sfit = sruns[sruns["fit_error"] == ""].reset_index(drop=True)
         arch = []

@@ -400,7 +400,7 @@ def _figures_sd(ctx, r: dict, figdir: Path) -> list[Path]:
     axes[0].set_xlabel("R²"); axes[0].set_ylabel("runs"); axes[0].set_title("Fig 18 analogue", fontsize=9)
     axes[0].legend(fontsize=6)
     steps = np.asarray(tr["steps"], float)
-    disp = np.asarray(tr["displacement"], float)
+    disp = np.asarray(tr["displacement"], float)[~np.asarray(tr["diverged"], bool)]  # diverged runs left out
     split = ctx.config.h7.split * steps[-1]
     show = np.arange(min(disp.shape[0], ctx.config.report.max_curves))
     from ..stats.diffusion import fit_loglog, log_grid

@@ -74,7 +74,7 @@ def divergence_sentence(d: dict | None) -> str:
     shown = ", ".join(f"{r} at step {t}" for r, t in list(zip(d["runs"], d["steps"]))[:10])
     more = f", and {k - 10} more" if k > 10 else ""
     tail = ("no later stage could run." if d.get("all_diverged") else "they are left out of every later stage.")
-    return f"**{k} of {K} runs diverged** (loss not finite: {shown}{more}); {tail}"
+    return f"**{k} of {K} runs diverged** (loss or displacement no longer finite: {shown}{more}); {tail}"
 
 
 def write_skipped_report(ctx, divergence: dict, reason: str) -> Path:

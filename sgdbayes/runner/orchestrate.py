@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional
 from .cache import CacheEntryError, StageCache, to_jsonable
 from .config import StudyDecl, config_hash, get_path, hashed_config, load_study, resolve_config
 from .fingerprint import file_fingerprints, save_memo
-from .typed import config_to_dict
+from .typed import ConfigError, config_to_dict
 
 __all__ = ["Stage", "StageContext", "RunResult", "run_study", "resolve_device", "default_out_dir"]
 
@@ -192,8 +192,11 @@ def _run_stages(ctx: StageContext, stages: list[Stage], force: bool, threads: in
                 continue
             ctx.log(f"{tag} cached result not used: {why}; recomputing this stage and the ones after it")
         recompute = True  # everything downstream of a recomputed stage is recomputed
-        if not preflight_done:
-            pipeline_config.preflight()
+        if not preflight_done:  # checks that need the data, before the first stage is computed
+            try:
+                pipeline_config.preflight()
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
             preflight_done = True
         reason = st.skip(ctx) if st.skip is not None else None
         ctx.log(f"{tag} skipped: {reason}" if reason else f"{tag} {st.description} ...")

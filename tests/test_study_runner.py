@@ -136,6 +136,18 @@ def test_cli_out_of_range_value_exits_2_before_any_stage(tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("study, sets, needle", [
+    ("spectral_dimension", ["train.epochs=1"], "llc_schedule.every = 20 exceeds the 7 steps of the train runs"),
+    ("spectral_dimension", ["train.batch_size=600"], "train.batch_size = 600 exceeds the 500 training examples"),
+    ("ablations", ["grid.steps=5"], "llc_schedule.every = 10 exceeds the 5 steps of a grid cell"),
+])
+def test_checks_that_need_the_data_run_before_the_first_stage(tmp_path, study, sets, needle):
+    logs = []
+    with pytest.raises(ConfigError) as exc:
+        run_study(study, ["quick"], sets=sets, out=tmp_path, device="cpu", log=logs.append)
+    assert needle in str(exc.value) and not any("] done in" in m for m in logs)
+
+
 def test_batch_size_larger_than_generated_data_is_caught_before_the_first_stage(tmp_path):
     calls = []
     with pytest.raises(ConfigError, match=r"grid.batch_sizes \[4096\] exceed the 500 training examples"):

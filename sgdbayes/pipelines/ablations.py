@@ -101,6 +101,10 @@ class AblationsConfig(StudyConfig):
         if big:
             raise ValueError(f"grid.batch_sizes {big} exceed the {n} training examples "
                              f"(data.name = {self.data.name!r}); lower them or use more data")
+        fewest = min(self.grid.steps or self.grid.epochs * (n // b) for b in self.grid.batch_sizes)
+        if fewest < self.llc_schedule.every:
+            raise ValueError(f"llc_schedule.every = {self.llc_schedule.every} exceeds the {fewest} steps of a "
+                             f"grid cell: no λ̂ would be estimated; lower it or train longer")
 
 
 CONFIG = AblationsConfig

@@ -88,7 +88,15 @@ class SpectralDimensionConfig(StudyConfig):
         return self.data.input_files()
 
     def preflight(self) -> None:
-        self.train.check_data(self.data.load().n_train, f"data.name = {self.data.name!r}")
+        n = self.data.load().n_train
+        self.train.check_data(n, f"data.name = {self.data.name!r}")
+        steps = {"train": self.train.n_steps(n)}
+        if self.sweep.enabled:
+            steps["sweep"] = self.sweep.epochs * (n // self.train.batch_size)
+        for what, k in steps.items():
+            if k < self.llc_schedule.every:
+                raise ValueError(f"llc_schedule.every = {self.llc_schedule.every} exceeds the {k} steps of the "
+                                 f"{what} runs: no λ̂ would be estimated; lower it or train longer")
 
 
 CONFIG = SpectralDimensionConfig

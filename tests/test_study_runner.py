@@ -300,3 +300,50 @@ def test_jsonable_handles_numpy_and_nan():
     out = cache_mod.to_jsonable({"a": np.float32(1.5), "b": np.array([1, 2]), "c": float("nan"),
                                  "d": (np.int64(3), np.bool_(True)), "e": [np.inf, -np.inf]})
     assert out == {"a": 1.5, "b": [1, 2], "c": None, "d": [3, True], "e": ["inf", "-inf"]}
+
+
+# --------------------------------------------------------------------------- typed config reaches the library
+
+def test_no_string_config_lookup_is_left_in_pipelines_or_reports():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sgdbayes"
+    hits = [f"{p.relative_to(root)}:{i}" for d in ("pipelines", "reporting", "runner") for p in (root / d).glob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bcfg\(\s*[\"']", line)]
+    assert hits == []
+
+
+@pytest.mark.parametrize("study", ["posterior_concentration", "anomalous_diffusion", "spectral_dimension"])
+def test_ensemble_config_describes_the_data_it_was_trained_on(study):
+    """EnsembleConfig(dataset, dataset_options) rebuilds exactly the study's data, so that
+    estimate_llc(result) without data= sees the training set (issue 11 item 7)."""
+    import torch
+
+    from sgdbayes.data import load_dataset
+    from sgdbayes.pipelines.sections import sgd_ensemble
+
+    cfg = resolve_config(load_study(study), ["quick"])
+    data = cfg.data.load()
+    ecfg = sgd_ensemble(cfg.data, cfg.model, cfg.train, data.n_train, "cpu")
+    again = load_dataset(ecfg.dataset, **ecfg.dataset_options)
+    assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_train, data.y_train)
+    assert ecfg.widths == (None, *cfg.model.hidden, None) and ecfg.seeds == cfg.train.seed_list()
+
+
+def test_mnist_subset_options_are_recorded_and_fail_loudly_when_rebuilt():
+    from sgdbayes.data import load_dataset
+    from sgdbayes.pipelines.sections import MNISTFamilyData
+
+    d = MNISTFamilyData(name="mnist", path="/nonexistent.npz", subset=400, seed=3)
+    assert d.dataset_options() == {"path": "/nonexistent.npz", "subset": 400, "train_fraction": 0.5, "subset_seed": 3}
+    with pytest.raises((ValueError, FileNotFoundError)):
+        load_dataset(d.name, **d.dataset_options())
+
+
+def test_hash_is_the_canonical_dict_of_the_typed_config():
+    decl = load_study(PC)
+    a = resolve_config(decl, sets=["train.lr=0.01"])
+    b = resolve_config(decl, sets=["train.lr=1e-2"])
+    assert config_hash(a, decl.presentational, PC) == config_hash(b, decl.presentational, PC)
+    assert config_hash(a, decl.presentational, PC, inputs={"/x": "aa"}) != config_hash(a, decl.presentational, PC)

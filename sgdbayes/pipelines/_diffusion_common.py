@@ -2,7 +2,7 @@
 ablations): data, training cells with LLC along training, per-run diffusion fits, hypothesis
 rows and the held-out displacement prediction (H7).
 
-Formulas (paper equation numbers; SCIENCE.md §2-4):
+Formulas (paper equation numbers; docs/methods.md):
 
 * displacement R(t) = ||w_t - w_0||_2 over all trainable parameters, t = optimizer steps;
 * eq 17: log R(t) = alpha log t + c with alpha = d_s / (2 lambda); so d_s = 2 lambda alpha and

@@ -1,9 +1,9 @@
-"""ablations: paper App H (Figs 7-13, 16-17, the App-H table; SCIENCE.md §1 H6, §6).
+"""ablations: paper App H (Figs 7-13, 16-17, the App-H table; docs/methods.md).
 
 Stages (cached by :mod:`sgdbayes.runner`):
 
 1. ``train``    one batched ensemble per cell of optimizer (SGD with each momentum in
-                ``grid.momenta``; Adam) x learning rate x batch size, λ̂ every ``llc.every`` steps
+                ``grid.momenta``; Adam) x learning rate x batch size, λ̂ every ``llc_schedule.every`` steps
 2. ``analysis`` per run: final λ, λ̄, eq-17 fits and d_s = 2λα (whole range = the paper's d_s);
                 the App-H table (d_s and λ mean/std, test accuracy per optimizer); correlations of
                 d_s and λ with lr, batch size, momentum and test accuracy (OLS HC3, Spearman with

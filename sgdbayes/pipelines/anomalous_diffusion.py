@@ -1,4 +1,4 @@
-"""anomalous_diffusion: paper §3.1.1, Fig 1, eq 11 (SCIENCE.md §1 H1, §4, §6).
+"""anomalous_diffusion: paper §3.1.1, Fig 1, eq 11 (docs/methods.md).
 
 Stages (cached by :mod:`sgdbayes.runner`):
 

@@ -1,10 +1,10 @@
 """spectral_dimension: paper §4.1, App G.1, App J (Tables 7-8), Figs 2a, 14-15, 18, 21
-(SCIENCE.md §1 H1-H3, H7; §2-4; §6).
+(docs/methods.md).
 
 Stages (cached by :mod:`sgdbayes.runner`):
 
 1. ``train``    the identical-architecture ensemble (App G.1: 50 seeds of 784-128-64-32-10, input
-                width set by the data) with λ̂ every ``llc.every`` steps (LLC hook of the engine)
+                width set by the data) with λ̂ every ``llc_schedule.every`` steps (LLC hook of the engine)
 2. ``sweep``    the Table-7 architectures (input width replaced by the data's), same hook
 3. ``analysis`` per run: final λ (mean of the last 10 estimates) and λ̄ (mean of all), eq-17 fits
                 (whole range = the paper's d_s; late window after t_c), d_s = 2λα with delta-method

@@ -431,7 +431,7 @@ def _figures_sd(ctx, r: dict, figdir: Path) -> list[Path]:
         axes[0].plot(ls, L[k], lw=0.7, alpha=0.7)
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_xlabel("step"); axes[0].set_ylabel(r"$\hat\lambda$ along training")
-    axes[0].set_title("LLC estimates along training (every llc.every steps)", fontsize=9)
+    axes[0].set_title("LLC estimates along training (every llc_schedule.every steps)", fontsize=9)
     axes[1].plot(_arr(runs["llc"]), np.asarray(pred["R_true_final"], float), "o", ms=3)
     axes[1].set_xlabel(r"final $\lambda$"); axes[1].set_ylabel("final displacement R_T")
     axes[1].set_title("H7 / Fig 17: displacement vs λ", fontsize=9)

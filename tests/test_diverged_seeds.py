@@ -15,7 +15,8 @@ SOME = {
     "anomalous_diffusion": ["train.lr=1000", "train.steps=60"],
     "posterior_concentration": ["train.lr=100", "train.steps=60"],
     "spectral_dimension": ["train.lr=1e4", "train.epochs=5", "sweep.epochs=5"],
-    "ablations": ["grid.lrs_sgd=[0.1, 1e4]", "grid.adam=false", "grid.momenta=[0.0]", "grid.steps=60"],
+    "ablations": ["grid.lrs_sgd=[0.1, 1e4]", "grid.adam=false", "grid.momenta=[0.0]", "grid.batch_sizes=[32]",
+                  "grid.steps=60"],
 }
 ALL = {
     "anomalous_diffusion": ["train.lr=1e6", "train.steps=20"],

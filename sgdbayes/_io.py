@@ -2,7 +2,9 @@
 
 A reader never sees a half-written file or directory: files are written to a
 temporary sibling and moved into place with ``os.replace``; directories are
-built in a temporary sibling directory and renamed when complete.
+built in a temporary sibling directory and renamed when complete. Files get the
+mode an ordinary ``open()`` would give them (0666 minus the umask, usually 0644),
+not the 0600 of ``tempfile.mkstemp``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_directory"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_directory", "default_file_mode",
+           "temp_sibling"]
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open(path, "w")`` creates files with."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temp_sibling(path: str | Path, suffix: str = ".tmp") -> Path:
+    """A new, empty temporary file next to ``path`` (hidden name) with the default file mode."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, default_file_mode())
+    finally:
+        os.close(fd)
+    return Path(tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -25,6 +46,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -11,8 +11,8 @@ late-window fit after a crossover t_c (App B.3). Across runs: H1-H3
 (:mod:`sgdbayes.stats.hypotheses`) and regressions against the numeric run
 covariates (:mod:`sgdbayes.stats.regression`).
 
-Outputs (built in a temporary directory, renamed into place only on success):
-``DIR/runs.csv``, ``DIR/report.md``, ``DIR/figures/*.png``.
+Outputs (each file written atomically; nothing else in DIR is touched):
+``DIR/runs.csv``, ``DIR/report.md``, ``DIR/figures/*.png``. See docs/analyze_your_runs.md.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # the statistics modules (scipy, statsmodels) are imported inside analyze_runs so that
 # a bad input file fails fast, before those imports
 
-__all__ = ["AnalysisResult", "analyze_runs", "write_outputs", "main", "default_out_dir"]
+__all__ = ["AnalysisResult", "analyze_runs", "write_outputs", "main", "default_out_dir", "build_parser", "OUTPUTS"]
 
 RUNS_COLUMNS = ["run", "n_points", "alpha", "alpha_lo", "alpha_hi", "r2", "llc", "llc_se", "d_s",
                 "d_s_lo", "d_s_hi", "d_walk", "p_subdiffusive"]
@@ -85,9 +85,12 @@ def analyze_runs(
 ) -> AnalysisResult:
     """Fit every run, test H1-H3 across runs and regress on the numeric covariates.
 
-    Runs with fewer than ``min_points`` positive-displacement points are
-    skipped and listed in ``result.skipped``. Each run's fit uses the seed
-    ``seed + i`` (i = run position) so results are reproducible.
+    Runs with fewer than ``min_points`` positive-displacement points, and runs
+    whose curve cannot be fitted (e.g. a constant displacement, which has no
+    diffusion exponent), are skipped and listed in ``result.skipped`` with the
+    reason. Each run's fit uses the seed ``seed + i`` (i = run position) so
+    results are reproducible. ``progress`` (default: with 20 runs or more)
+    shows a progress bar on stderr.
     """
     from .stats.diffusion import fit_diffusion
     from .stats.hypotheses import test_all
@@ -99,12 +102,12 @@ def analyze_runs(
     rows, skipped, fits = [], [], {}
     groups = list(df.groupby("run", sort=False))
     if progress is None:
-        progress = len(groups) >= 20 and sys.stderr.isatty()
+        progress = len(groups) >= 20
     it = groups
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(groups, desc="fitting runs", file=sys.stderr)
+        it = tqdm(groups, desc="fitting runs", unit="run", file=sys.stderr, mininterval=1.0)
     for i, (run, g) in enumerate(it):
         n_pos = int((g["displacement"] > 0).sum())
         if n_pos < min_points:
@@ -112,9 +115,15 @@ def analyze_runs(
                             "reason": f"{n_pos} < {min_points} points with displacement > 0"})
             continue
         llc = run_llc_summary(g["llc"], n_last_llc) if data.has_llc else run_llc_summary(pd.Series([], dtype=float))
-        fit = fit_diffusion(g["step"].to_numpy(float), g["displacement"].to_numpy(float),
-                            llc=llc["llc"], llc_se=llc["llc_se"], n_grid=n_grid, method=method,
-                            late_window=late_window, n_boot=n_boot, level=level, seed=seed + i)
+        try:
+            fit = fit_diffusion(g["step"].to_numpy(float), g["displacement"].to_numpy(float),
+                                llc=llc["llc"], llc_se=llc["llc_se"], n_grid=n_grid, method=method,
+                                late_window=late_window, n_boot=n_boot, level=level, seed=seed + i)
+        except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. a constant displacement has no exponent
+            skipped.append({"run": run, "n_points": n_pos, "reason": f"could not be fitted: {exc}"})
+            continue
+        except Exception as exc:
+            raise RuntimeError(f"run {run!r}: the diffusion fit failed ({type(exc).__name__}: {exc})") from exc
         fits[run] = fit
         row = {"run": run, **fit.to_row()}
         row.update({k: v for k, v in llc.items() if k not in ("llc", "llc_se")})
@@ -236,8 +245,10 @@ def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
     s = res.settings
     tab = res.runs
     L = [f"# Diffusion analysis of `{runs_file}`", ""]
+    n_unfit = int(res.skipped["reason"].str.startswith("could not be fitted").sum()) if len(res.skipped) else 0
     L += [f"- runs in file: {len(tab) + len(res.skipped)}; fitted: {len(tab)}; "
-          f"skipped (fewer than {s['min_points']} points with R > 0): {len(res.skipped)}",
+          f"skipped (fewer than {s['min_points']} points with R > 0): {len(res.skipped) - n_unfit}; "
+          f"could not be fitted: {n_unfit}",
           f"- run covariates: {', '.join(res.covariates) if res.covariates else 'none'}",
           f"- late window: {s['late_window'] or 'none'}; grid: {s['n_grid']} points evenly spaced in log t; "
           f"interval method: {s['method']} ({s['n_boot']} bootstrap draws); level {s['level']}", ""]
@@ -302,7 +313,7 @@ def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
         })
         L += [md_table(per), ""]
     if len(res.skipped):
-        L += [f"Skipped runs ({len(res.skipped)}):", "", md_table(res.skipped), ""]
+        L += [f"Skipped and unfit runs ({len(res.skipped)}), with the reason:", "", md_table(res.skipped), ""]
     L += ["## Cross-run regressions", ""]
     if res.regressions is not None:
         rt = res.regressions.table.copy()
@@ -324,14 +335,28 @@ def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
     return "\n".join(L)
 
 
-def write_outputs(res: AnalysisResult, data: RunsData, out_dir: Path, runs_file: str) -> Path:
-    """Write runs.csv, report.md and figures/ into ``out_dir`` atomically (temp dir + rename)."""
-    from ._io import atomic_directory, atomic_write_text
+OUTPUTS = ("runs.csv", "report.md", "figures/curves_loglog.png", "figures/alpha_ds_vs_llc.png")
 
-    with atomic_directory(out_dir, overwrite=True) as tmp:
-        res.runs.to_csv(tmp / "runs.csv", index=False)
-        figs = _figures(res, data, tmp / "figures") if len(res.runs) else []
-        atomic_write_text(tmp / "report.md", _report(res, runs_file, figs))
+
+def write_outputs(res: AnalysisResult, data: RunsData, out_dir: Path, runs_file: str, force: bool = False,
+                  lock_timeout: float = -1) -> Path:
+    """Write runs.csv, report.md and figures/ into ``out_dir``, each file atomically.
+
+    Only these files are written; nothing else in ``out_dir`` is touched (see
+    :mod:`sgdbayes.outdir`: a non-empty folder that is not an earlier analyze output needs
+    ``force``). The folder is locked while it is written.
+    """
+    from ._io import atomic_write_text
+    from .outdir import OutputDir
+
+    out = OutputDir(out_dir, "analyze", force=force)
+    if data.path is not None:
+        out.refuse_overwriting([data.path], OUTPUTS)
+    with out.claim(lock_timeout, log=lambda m: print(m, file=sys.stderr)):
+        atomic_write_text(out.path / "runs.csv", res.runs.to_csv(index=False))
+        figs = _figures(res, data, out.path / "figures") if len(res.runs) else []
+        atomic_write_text(out.path / "report.md", _report(res, runs_file, figs))
+        out.commit(["runs.csv", "report.md", *(f"figures/{f}" for f in figs)])
     return Path(out_dir)
 
 
@@ -361,52 +386,97 @@ format, one row per (run, step):
   other columns constant within each run are run covariates (lr, batch_size,
                 optimizer, ...); numeric ones are regressed on.
 
-Outputs: DIR/runs.csv (one row per run), DIR/report.md, DIR/figures/*.png.
-Default DIR: ./<RUNS stem>_analysis in the current directory (replaced if it
-exists). Nothing is written when the input is invalid (exit status 2).
+  The run column is read as text exactly as written: "007", "7", "NA" and
+  "null" are four different runs.
+
+Outputs: DIR/runs.csv (one row per run), DIR/report.md, DIR/figures/*.png,
+each written atomically. Default DIR: ./<RUNS stem>_analysis. DIR must be new,
+empty, or an earlier analyze output; any other folder needs --force, and even
+then only the files above are written (nothing in DIR is ever removed except
+figures an earlier analyze wrote and this one no longer draws). Nothing is
+written when the input or an option is invalid (exit status 2). Ctrl-C exits
+with status 130. Details: docs/analyze_your_runs.md.
 """
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _check_options(args) -> None:
+    """Every option checked before anything is read (RunsFileError names the option)."""
+    from ._validation import check_int
+
+    try:
+        check_int("--min-points", args.min_points, 5)
+        check_int("--grid", args.grid, 5)
+        check_int("--n-boot", args.n_boot, 1)
+        check_int("--seed", args.seed, 0)
+        if args.lock_timeout < 0 and args.lock_timeout != -1:
+            raise ValueError(f"--lock-timeout must be >= 0 seconds (or -1: wait), got {args.lock_timeout}")
+    except ValueError as exc:
+        raise RunsFileError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sgdbayes.analyze", description=HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", metavar="RUNS", help="runs file (.csv/.csv.gz/.tsv/.parquet/.pq), long format")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="output directory (default: ./<RUNS stem>_analysis)")
+                   help="output folder (default: ./<RUNS stem>_analysis); new, empty or an earlier analyze output")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out folder that is not an earlier analyze output "
+                        "(only runs.csv, report.md and figures/ are written; nothing else is touched)")
     p.add_argument("--min-points", type=int, default=10, metavar="N",
-                   help="skip runs with fewer than N points with displacement > 0 (default 10)")
+                   help="skip runs with fewer than N points with displacement > 0 (default 10, at least 5)")
     p.add_argument("--late-window", type=_parse_late_window, default="crossover", metavar="W",
                    help="'crossover' (default: fit t >= t_c of a two-segment fit), a fraction f in (0,1) "
                         "(last f of the log-t range) or 'none'")
     p.add_argument("--grid", type=int, default=64, metavar="K",
-                   help="points evenly spaced in log t used per fit (default 64)")
+                   help="points evenly spaced in log t used per fit (default 64, at least 5)")
     p.add_argument("--method", default="ar1-boot", choices=["ar1-boot", "ar1", "hac", "ols"],
-                   help="interval method for alpha (default ar1-boot; the others undercover, see docs)")
-    p.add_argument("--n-boot", type=int, default=199, help="bootstrap draws per fit (default 199)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                   help="interval method for alpha (default ar1-boot; the others undercover, see "
+                        "docs/analyze_your_runs.md)")
+    p.add_argument("--n-boot", type=int, default=199, help="bootstrap draws per fit (default 199, at least 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, an integer >= 0 (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on stderr with >= 20 runs)")
+    p.add_argument("--lock-timeout", type=float, default=-1, metavar="S",
+                   help="if another sgdbayes process is writing --out, wait at most S seconds (default: wait)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .outdir import BusyError, OutputDir, OutputDirError
+
+    args = build_parser().parse_args(argv)
     path = Path(args.runs)
     out = Path(args.out) if args.out else default_out_dir(path)
     t0 = time.time()
     try:
-        if args.min_points < 5:
-            raise RunsFileError(f"{path}: --min-points must be >= 5, got {args.min_points}")
+        _check_options(args)
+        OutputDir(out, "analyze", force=args.force)  # a bad --out fails here, before any work
         data = read_runs(path)
         for w in data.warnings:
             print(f"warning: {path}: {w}", file=sys.stderr)
         res = analyze_runs(data, min_points=args.min_points, late_window=args.late_window, n_grid=args.grid,
-                           method=args.method, n_boot=args.n_boot, seed=args.seed)
+                           method=args.method, n_boot=args.n_boot, seed=args.seed,
+                           progress=False if args.no_progress else None)
         if len(res.skipped):
-            print(f"{path}: skipped {len(res.skipped)} run(s) with fewer than {args.min_points} points",
-                  file=sys.stderr)
+            n_unfit = int(res.skipped["reason"].str.startswith("could not be fitted").sum())
+            print(f"{path}: skipped {len(res.skipped) - n_unfit} run(s) with fewer than {args.min_points} points"
+                  + (f"; {n_unfit} run(s) could not be fitted (see report.md)" if n_unfit else ""), file=sys.stderr)
+            for _, row in res.skipped[res.skipped["reason"].str.startswith("could not")].head(5).iterrows():
+                print(f"  run {row['run']!r}: {row['reason']}", file=sys.stderr)
         if not len(res.runs):
-            raise RunsFileError(f"{path}: no run has at least {args.min_points} points with displacement > 0 "
-                                f"({len(res.skipped)} run(s) skipped)")
-        write_outputs(res, data, out, str(path))
-    except RunsFileError as exc:
+            raise RunsFileError(f"{path}: no run could be fitted: {len(res.skipped)} run(s) skipped "
+                                f"(fewer than {args.min_points} points with displacement > 0, or no fit)")
+        write_outputs(res, data, out, str(path), force=args.force, lock_timeout=args.lock_timeout)
+    except (RunsFileError, OutputDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was left in the output folder", file=sys.stderr)
+        return 130
     except Exception as exc:  # unexpected: short message, traceback only with --debug
         if args.debug:
             raise

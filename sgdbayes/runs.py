@@ -6,7 +6,8 @@ one row per (run, step):
 ==============  ========  ==================================================
 column          required  meaning
 ==============  ========  ==================================================
-run             yes       run identifier (any type, read as text)
+run             yes       run identifier, read as text exactly as written
+                          ("007", "7", "NA" and "null" are four runs)
 step            yes       optimizer step t, numeric, > 0
 displacement    yes       R(t) = ||w_t - w_0||_2, numeric, >= 0
 llc             no        LLC estimate at that step; may be missing on most
@@ -68,6 +69,24 @@ def _ext(path: Path) -> str:
     return path.suffix.lower()
 
 
+# pandas' default missing-value markers, used for every column except ``run``
+_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+       "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+    """A CSV with the ``run`` column read as text, verbatim ("007", "NA" and "null" stay as written)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:2] == b"\x1f\x8b" and not path.name.lower().endswith(".gz"):
+        raise RunsFileError(f"{path}: the file is gzip-compressed but its name ends in {path.suffix!r}; "
+                            f"rename it to {path.name}.gz (or decompress it)")
+    cols = list(pd.read_csv(path, sep=sep, nrows=0).columns)
+    run_cols = [c for c in cols if str(c).strip() == "run"]
+    return pd.read_csv(path, sep=sep, dtype={c: str for c in run_cols}, keep_default_na=False,
+                       na_values={c: _NA for c in cols if c not in run_cols})
+
+
 def read_runs(path) -> RunsData:
     """Read and validate a runs file (see module docstring); raises :class:`RunsFileError`."""
     path = Path(path)
@@ -78,7 +97,7 @@ def read_runs(path) -> RunsData:
     ext = _ext(path)
     try:
         if ext in CSV_EXT:
-            df = pd.read_csv(path, sep="\t" if ext == ".tsv" else ",")
+            df = _read_csv(path, "\t" if ext == ".tsv" else ",")
         elif ext in PARQUET_EXT:
             df = pd.read_parquet(path)
         else:
@@ -88,8 +107,16 @@ def read_runs(path) -> RunsData:
         raise
     except pd.errors.EmptyDataError:
         raise RunsFileError(f"{path}: file is empty") from None
+    except UnicodeDecodeError:
+        raise RunsFileError(f"{path}: not a text file (is it compressed? a .csv.gz must be named so)") from None
     except Exception as exc:  # unreadable / corrupt file
         raise RunsFileError(f"{path}: cannot read file ({type(exc).__name__}: {exc})") from None
+    if ext in CSV_EXT and "run" not in [str(c).strip() for c in df.columns]:
+        semi = [str(c) for c in df.columns if ";" in str(c)]
+        if semi:
+            raise RunsFileError(f"{path}: the file looks semicolon-separated (header {semi[0]!r}); sgdbayes reads "
+                                f"comma-separated .csv or tab-separated .tsv files: convert it, e.g. "
+                                f"pandas.read_csv(path, sep=';').to_csv(new_path, index=False)")
     return validate_runs(df, path)
 
 
@@ -106,6 +133,10 @@ def validate_runs(df: pd.DataFrame, path=None) -> RunsData:
                             f"(found: {', '.join(map(repr, df.columns))})")
     if df["run"].isna().any():
         raise RunsFileError(f"{label}: column 'run' has {int(df['run'].isna().sum())} missing value(s)")
+    empty = df["run"].astype(str) == ""
+    if empty.any():
+        raise RunsFileError(f"{label}: column 'run' has {int(empty.sum())} empty value(s) (rows "
+                            f"{', '.join(str(i + 2) for i in np.flatnonzero(empty)[:5])} of the file)")
     for col in ("step", "displacement"):
         num = pd.to_numeric(df[col], errors="coerce")
         bad = num.isna() & df[col].notna()

@@ -7,30 +7,47 @@
     python -m sgdbayes.study --list
 
 Exit status: 0 on success, 2 for a usage/configuration error (unknown study,
-preset or key, wrong value type), 1 if a stage fails (finished stages stay
-cached; rerunning resumes from the first unfinished stage).
+preset or key, wrong value type or range, unusable --out), 1 if a stage fails
+or another process keeps the output locked (finished stages stay cached;
+rerunning resumes from the first unfinished stage), 130 on Ctrl-C.
+
+See docs/run_a_study.md.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import textwrap
+import threading
 
 from .runner.config import ConfigError, list_studies, load_study
 
 _EPILOG = """\
 configuration:
   Each study is declared in studies/NAME.toml (shipped as sgdbayes/studies/NAME.toml):
-  a [base] table with every key and its default, and [presets.*] tables that override it.
-  Resolution: base <- --preset (in order) <- --seeds <- --set (in order). Keys and value
-  types are checked against [base]; errors list the valid choices and exit with status 2.
+  [base.SECTION] tables, one per section of the study's typed configuration, whose keys
+  are the field names of that section's dataclass (e.g. [llc] = sgdbayes.sampling.LLCConfig:
+  llc.step_size, llc.num_draws, ...), and [presets.*] tables that override them.
+  Resolution: base <- --preset (in order) <- --seeds <- --set (in order). Unknown keys,
+  wrong types and out-of-range values are errors naming the key (exit status 2).
 
 cache:
   Finished stages are saved atomically under <cache>/<hash>/<stage>/, where <hash> is a
   sha256 of the resolved configuration without presentational keys (report.*) and without
   the device. With the default output the cache is reports/NAME/cache/ (git-ignored); with
   --out DIR it is DIR/cache/. Rerunning loads finished stages (seconds); an interrupted run
-  resumes at the first unfinished stage; --force recomputes every stage.
+  resumes at the first unfinished stage; --force recomputes every stage. A cached stage is
+  reused only if it was computed from the same earlier stages, configuration, input files
+  and sgdbayes version; an unreadable cache entry is recomputed.
+
+output folder:
+  --out DIR must be a new or empty folder or an earlier study output (it holds
+  .sgdbayes-outputs.json); any other folder needs --force. Only sgdbayes' own files are
+  written there (report.md, results.json, figures/, cache/); nothing else is removed. While a
+  run writes DIR it holds an OS file lock; a second run into DIR waits (see --lock-timeout).
+  Details: docs/run_a_study.md.
 """
 
 
@@ -64,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory for report.md, results.json and figures/ "
                         "(default: reports/NAME/ for the default preset, reports/NAME/variants/<label>/ "
                         "otherwise); the cache goes to DIR/cache/ when --out is given")
-    p.add_argument("--force", action="store_true", help="recompute every stage, ignoring the cache")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every stage, ignoring the cache; also allows --out to name a non-empty folder "
+                        "that is not an earlier sgdbayes output (only sgdbayes' files are written there)")
+    p.add_argument("--lock-timeout", type=float, metavar="S", default=-1,
+                   help="when another sgdbayes process is writing the same output folder or cache entry, "
+                        "wait at most S seconds, then fail (default: wait until it finishes)")
     return p
 
 
@@ -80,12 +102,36 @@ def _list_text() -> str:
         for pname in sorted(decl.presets, key=lambda n: (n != decl.default_preset, n)):
             pre = decl.presets[pname]
             mark = " (default)" if pname == decl.default_preset else ""
-            desc = textwrap.shorten(pre.description or "-", 100)
-            lines.append(f"  --preset {pname}{mark}: {desc}")
+            lines.append(textwrap.fill(f"--preset {pname}{mark}: {pre.description or '-'}", width=100,
+                                       initial_indent="  ", subsequent_indent="      "))
     return "\n".join(lines)
 
 
+def _install_interrupt_handler() -> None:
+    """First Ctrl-C: stop now. The engine's worker threads finish their chunk before a plain
+    KeyboardInterrupt can end the process (minutes), so after a short grace period (in which
+    the main thread unwinds and releases its locks) the process exits with status 130.
+    Cache entries and outputs are written atomically, so nothing half-written is left
+    behind for the next run to read (temporaries are removed by it). A second Ctrl-C exits at once."""
+    state = {"n": 0}
+
+    def handler(signum, frame):
+        state["n"] += 1
+        if state["n"] > 1:
+            os._exit(130)
+        print("\ninterrupted: stopping; finished stages are cached, rerun to resume", file=sys.stderr, flush=True)
+        timer = threading.Timer(3.0, lambda: os._exit(130))
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .outdir import BusyError, OutputDirError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -105,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
             resolve_device(args.device)
         except RuntimeError as exc:
             raise ConfigError(str(exc)) from None
-        result = run_study(args.study, presets=presets, sets=args.sets, seeds=args.seeds,
-                           device=args.device, out=args.out, force=args.force, threads=args.threads)
-    except ConfigError as exc:
+        _install_interrupt_handler()
+        result = run_study(args.study, presets=presets, sets=args.sets, seeds=args.seeds, device=args.device,
+                           out=args.out, force=args.force, threads=args.threads, lock_timeout=args.lock_timeout)
+    except (ConfigError, OutputDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; finished stages are cached, rerun to resume", file=sys.stderr)
         return 130

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgdbayes.pipelines._diffusion_common import FitSettings, h7_prediction, llc_summaries, parse_layers
+from sgdbayes.pipelines._diffusion_common import h7_prediction, llc_summaries, parse_layers
+from sgdbayes.pipelines.sections import FitConfig
 from sgdbayes.pipelines.ablations import h6_contrast
 from sgdbayes.pipelines.anomalous_diffusion import local_slopes
 from sgdbayes.reporting.pc_report import fmt, fmt_ci
@@ -30,17 +31,17 @@ def test_studies_are_declared_with_presets():
         assert {"paper", "quick"} <= set(decl.presets)
     assert load_study("anomalous_diffusion").default_preset == "paper"
     ad = resolve_config(load_study("anomalous_diffusion"), ["paper"])
-    assert (ad["train"]["seeds"], ad["train"]["steps"], ad["train"]["lr"], ad["train"]["batch_size"]) == (500, 800, 0.01, 128)
-    assert ad["data"]["n"] == 512 and ad["data"]["noise"] == 0.2 and ad["model"]["hidden"] == [64, 64]
+    assert (ad.train.seeds, ad.train.steps, ad.train.lr, ad.train.batch_size) == (500, 800, 0.01, 128)
+    assert ad.data.n == 512 and ad.data.noise == 0.2 and ad.model.hidden == (64, 64)
     for s in ("spectral_dimension", "ablations"):
         decl = load_study(s)
         assert decl.default_preset == "cpu"  # the paper preset is for a GPU
         cfg = resolve_config(decl, ["paper"])
-        assert cfg["model"]["hidden"] == [128, 64, 32] and cfg["llc"]["every"] == 100
-        assert cfg["llc"]["num_draws"] == 400 and cfg["llc"]["epsilon"] == 1e-5 and cfg["llc"]["gamma"] == 100.0
+        assert cfg.model.hidden == (128, 64, 32) and cfg.llc_schedule.every == 100
+        assert cfg.llc.num_draws == 400 and cfg.llc.step_size == 1e-5 and cfg.llc.localization == 100.0
     sd = resolve_config(load_study("spectral_dimension"), ["paper"])
-    assert sd["train"]["seeds"] == 50 and sd["train"]["lr"] == 0.001 and sd["train"]["epochs"] == 100
-    assert sd["sweep"]["rows"] == [] and sd["sweep"]["epochs"] == 250
+    assert sd.train.seeds == 50 and sd.train.lr == 0.001 and sd.train.epochs == 100
+    assert sd.sweep.rows == () and sd.sweep.epochs == 250
 
 
 def test_report_keys_not_in_cache_key():
@@ -74,7 +75,7 @@ def test_local_slope_of_power_laws():
 def test_h7_prediction_exact_on_a_power_law():
     t = np.unique(np.r_[np.arange(10, 1001, 10), np.rint(np.geomspace(1, 1000, 60))])
     disp = np.stack([2.0 * t ** 0.4, 0.5 * t ** 0.25])
-    p = h7_prediction(t, disp, 0.5, FitSettings())
+    p = h7_prediction(t, disp, 0.5, FitConfig())
     np.testing.assert_allclose(p["rel_err_final"], 0, atol=1e-8)
     np.testing.assert_allclose(p["alpha_early"], [0.4, 0.25], atol=1e-8)
     assert p["n_failed"] == 0
@@ -188,7 +189,7 @@ def test_spectral_on_local_mnist_files(tmp_path):
     out = tmp_path / "out"
     run_study("spectral_dimension", ["quick"], sets=["data.name=mnist", f"data.path=\"{tmp_path / 'mnist.npz'}\"",
                                                      "data.subset=400", "sweep.enabled=false", "train.epochs=10",
-                                                     "llc.every=10"],
+                                                     "llc_schedule.every=10"],
               out=out, device="cpu", log=lambda m: None)
     res = json.loads((out / "results.json").read_text())
     assert res["data"]["name"] == "mnist" and res["data"]["n_features"] == 784

@@ -2,7 +2,7 @@
 ablations): data, training cells with LLC along training, per-run diffusion fits, hypothesis
 rows and the held-out displacement prediction (H7).
 
-Formulas (paper equation numbers; SCIENCE.md §2-4):
+Formulas (paper equation numbers; docs/methods.md):
 
 * displacement R(t) = ||w_t - w_0||_2 over all trainable parameters, t = optimizer steps;
 * eq 17: log R(t) = alpha log t + c with alpha = d_s / (2 lambda); so d_s = 2 lambda alpha and
@@ -15,16 +15,15 @@ Formulas (paper equation numbers; SCIENCE.md §2-4):
   std / sqrt(count) (autocorrelated estimates: optimistic); lambda_bar = mean of all estimates
   (Cor 3.3, H3), se likewise.
 
-Nothing here reads a study configuration directly: every function takes explicit arguments or
-one of the frozen settings dataclasses below, so the pipelines pass typed values, not dicts.
+Nothing here reads a study configuration: functions take explicit arguments or the library's own
+objects (:class:`sgdbayes.engine.EnsembleConfig`, :class:`sgdbayes.sampling.LLCConfig`) and the
+shared sections of :mod:`sgdbayes.pipelines.sections` (:class:`FitConfig`).
 """
 from __future__ import annotations
 
 import math
 import re
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -32,103 +31,15 @@ import pandas as pd
 import torch
 
 from ._ensemble_arrays import ensemble_arrays
+from .sections import FitConfig
 
 __all__ = [
-    "FitSettings", "LLCSettings", "CellSpec", "load_study_data", "parse_layers",
-    "train_cell", "llc_summaries", "fit_runs", "hypothesis_rows", "h7_prediction", "bootstrap_ci",
-    "stats_of", "mean_ci",
+    "parse_layers", "llc_training_hook", "train_cell", "llc_summaries", "fit_runs", "hypothesis_rows",
+    "h7_prediction", "bootstrap_ci", "stats_of", "mean_ci",
 ]
 
 
-# --------------------------------------------------------------------------- settings
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How each run's displacement curve is fitted (see :func:`sgdbayes.stats.fit_diffusion`)."""
-
-    method: str = "ar1-boot"    # interval method for alpha
-    n_boot: int = 199           # bootstrap-t / crossover bootstrap resamples per run
-    n_grid: int = 64            # points evenly spaced in log t
-    level: float = 0.95
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class LLCSettings:
-    """LLC along training (eq 25 estimator, Table 3 kernel) every ``every`` steps."""
-
-    every: int
-    epsilon: float
-    gamma: float
-    num_chains: int
-    num_draws: int
-    num_burnin: int
-    steps_bw_draws: int
-    batch_size: int
-    nbeta: str
-    seed: int
-    last: int                  # final lambda = mean of the last `last` estimates (App G.1: 10)
-
-    def config(self):
-        from ..sampling import LLCConfig
-
-        return LLCConfig(step_size=self.epsilon, localization=self.gamma, nbeta=self.nbeta,
-                         batch_size=self.batch_size, num_chains=self.num_chains, num_draws=self.num_draws,
-                         num_burnin_steps=self.num_burnin, num_steps_bw_draws=self.steps_bw_draws,
-                         seed=self.seed)
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """One training configuration (an ensemble of seeds sharing everything else)."""
-
-    hidden: tuple
-    optimizer: str            # "sgd" or "adam"
-    lr: float
-    momentum: float
-    batch_size: int
-    steps: int
-    seeds: tuple
-    record_every: int
-    record_log_points: int = 100
-
-
-# --------------------------------------------------------------------------- data
-
-@lru_cache(maxsize=4)
-def _load_cached(name: str, path: str, seed: int, subset: int, train_fraction: float, mnist1d_samples: int):
-    from ..data import Dataset, load_dataset
-
-    if name == "mnist1d":
-        return load_dataset("mnist1d", num_samples=mnist1d_samples, train_split=train_fraction, seed=seed)
-    if name in ("mnist", "fashion_mnist"):
-        if not path:
-            raise ValueError(f"data.name = {name!r} reads local files: give --set data.path=DIR "
-                             f"(IDX files) or a .npz with x_train, y_train, x_test, y_test")
-        full = load_dataset(name, path=path)
-        x = torch.cat([full.x_train, full.x_test])
-        y = torch.cat([full.y_train, full.y_test])
-        n = min(subset, x.shape[0]) if subset > 0 else x.shape[0]
-        g = np.random.default_rng(seed)
-        idx = torch.as_tensor(g.permutation(x.shape[0])[:n])
-        n_tr = int(round(train_fraction * n))
-        meta = dict(full.meta, subset=n, train_fraction=train_fraction, subset_seed=seed,
-                    source=f"{full.meta.get('source', 'local files')}; random subset of {n} of the "
-                           f"{x.shape[0]} train+test images, {n_tr} train / {n - n_tr} test")
-        return Dataset(x[idx[:n_tr]], y[idx[:n_tr]], x[idx[n_tr:]], y[idx[n_tr:]], name, full.n_classes, meta)
-    raise ValueError(f"data.name must be 'mnist1d', 'mnist' or 'fashion_mnist', got {name!r}")
-
-
-def load_study_data(name: str, path: str, seed: int, subset: int, train_fraction: float,
-                    mnist1d_samples: int):
-    """The MNIST-family data of App G.1.
-
-    ``mnist1d``: ``mnist1d_samples`` generated offline, ``train_fraction`` train (seed ``seed``).
-    ``mnist``/``fashion_mnist``: the local files at ``path``; a random subset of ``subset`` images
-    (paper: 10000) split ``train_fraction`` train (paper: 50/50).
-    """
-    return _load_cached(name, path, int(seed), int(subset), float(train_fraction), int(mnist1d_samples))
-
+# --------------------------------------------------------------------------- helpers
 
 def parse_layers(text: str) -> list[int]:
     """A layer list of the paper's Table 7/8 (``"784, 128, 64"``) as integers.
@@ -148,50 +59,96 @@ def parse_layers(text: str) -> list[int]:
 
 # --------------------------------------------------------------------------- training
 
-def train_cell(data, cell: CellSpec, llc: Optional[LLCSettings], device: str) -> dict[str, Any]:
-    """Train one cell's seeds as one batched ensemble, with λ̂ every ``llc.every`` steps.
+def llc_training_hook(config, every: int):
+    """An engine hook estimating λ̂ (``config``: :class:`sgdbayes.sampling.LLCConfig`) every
+    ``every`` steps for the seeds that have not diverged.
+
+    A diverged seed's weights are frozen where its loss stopped being finite, so it has no
+    λ̂: it is left out of the estimate (NaN, ``skipped``) instead of stopping the training.
+    Each seed's chains are keyed by its seed id, so leaving seeds out changes no other
+    seed's estimate. Returns ``(engine Hook, LLCTrainingHook)``.
+    """
+    from ..engine import Hook
+    from ..sampling import LLCTrainingHook, dataset_tensors
+
+    hook = LLCTrainingHook(config, every=every)
+
+    def estimate(state):
+        step = int(state.step)
+        if step % every != 0:
+            return None
+        w = state.w
+        keep = (~state.diverged.to(w.device)) & torch.isfinite(w).all(1)
+        k = int(w.shape[0])
+        if bool(keep.all()):
+            try:
+                return {**hook(state), "skipped": np.zeros(k, bool)}
+            except ValueError:  # a seed whose loss at w is not finite: estimate the others one by one
+                pass
+        out = {"llc": np.full(k, np.nan), "llc_std": np.full(k, np.nan), "negative": np.zeros(k, bool),
+               "trend_flag": np.zeros(k, bool), "n_diverged": np.zeros(k, np.int64),
+               "all_diverged": np.zeros(k, bool), "skipped": np.ones(k, bool)}
+        x, y = dataset_tensors(state.data)
+        seeds = [int(s) for s in state.seeds]
+        for at, res in _estimates(hook, step, w, state.spec, x, y, seeds, torch.nonzero(keep).flatten().tolist()):
+            out["llc"][at], out["llc_std"][at] = res.llc, res.llc_std
+            out["negative"][at], out["trend_flag"][at] = res.negative, res.trend_flag
+            out["n_diverged"][at], out["all_diverged"][at] = res.n_diverged, res.all_diverged
+            out["skipped"][at] = False
+        return out
+
+    return Hook(every=every, fn=estimate, name="llc"), hook
+
+
+def _estimates(hook, step, w, spec, x, y, seeds, rows):
+    """``[(rows, LLCResult)]`` for the given rows of ``w``; when the batch fails because some seed's
+    loss is not finite (its weights overflowed without the engine flagging it), each row is
+    estimated alone and the failing ones are left out (their λ̂ stays NaN)."""
+    if not rows:
+        return []
+    try:
+        res = hook.record(step, w[rows], spec, x, y, model_ids=[seeds[i] for i in rows])
+        return [(np.asarray(rows), res)]
+    except ValueError:
+        if len(rows) == 1:
+            return []
+        return [pair for i in rows for pair in _estimates(hook, step, w, spec, x, y, seeds, [i])]
+
+
+def train_cell(data, ecfg, llc=None, every: int = 100) -> dict[str, Any]:
+    """Train one cell (``ecfg``: an :class:`sgdbayes.engine.EnsembleConfig`) as one batched
+    ensemble, with λ̂ (``llc``: an :class:`sgdbayes.sampling.LLCConfig`) every ``every`` steps.
 
     Returns arrays: ``steps [G]``, ``displacement [K, G]``, ``llc_steps [E]``, ``llc [K, E]``,
     ``llc_std [K, E]`` (chain std; NaN with one chain), final train/test loss and accuracy,
-    ``diverged [K]``, and scalars ``n_params``, ``wall_s``.
+    ``diverged [K]``, ``diverged_step [K]``, and scalars ``n_params``, ``wall_s``.
     """
-    from ..engine import EnsembleConfig, train_ensemble
+    from ..engine import train_ensemble
 
-    ecfg = EnsembleConfig(
-        dataset=data.name, widths=(None, *cell.hidden, None), optimizer=cell.optimizer, lr=cell.lr,
-        momentum=cell.momentum if cell.optimizer == "sgd" else 0.0, batch_size=cell.batch_size,
-        steps=cell.steps, seeds=tuple(cell.seeds), record_every=cell.record_every,
-        record_log_points=cell.record_log_points, device=device, progress=False,
-    )
     hooks = []
-    hook = None
     if llc is not None:
-        from ..sampling import LLCTrainingHook
-
-        hook = LLCTrainingHook(llc.config(), every=llc.every)
-        hooks.append(hook.as_engine_hook())
+        hooks.append(llc_training_hook(llc, every)[0])
     t0 = time.perf_counter()
     res = train_ensemble(ecfg, data=data, hooks=hooks)
     wall = time.perf_counter() - t0
-    K = len(cell.seeds)
+    K = len(ecfg.seeds)
     out: dict[str, Any] = {
         **ensemble_arrays(res),
-        "diverged": res.final["diverged"].to_numpy(bool),
         "widths": list(res.spec.widths),
         "wall_s": float(wall),
     }
-    if hook is not None:
+    if llc is not None:
         df = res.hooks["llc"]
         if df.empty:
-            raise RuntimeError(f"no LLC estimate was recorded: llc.every = {llc.every} > steps = {cell.steps}")
+            raise RuntimeError(f"no LLC estimate was recorded: llc_schedule.every = {every} > steps = {ecfg.steps}")
         wide = df.pivot(index="seed", columns="step", values="llc").reindex(index=list(res.seeds))
         wstd = df.pivot(index="seed", columns="step", values="llc_std").reindex(index=list(res.seeds))
         out["llc_steps"] = np.asarray(wide.columns, dtype=np.int64)
         out["llc"] = wide.to_numpy(float).reshape(K, -1)
         out["llc_std"] = wstd.to_numpy(float).reshape(K, -1)
-        out["nbeta"] = float(llc.config().resolve_nbeta(data.n_train))
+        out["nbeta"] = float(llc.resolve_nbeta(data.n_train))
         out["llc_trend_flags"] = int(df["trend_flag"].astype(bool).sum())
-        out["llc_n_estimates"] = int(len(df))
+        out["llc_n_estimates"] = int((~df["skipped"].astype(bool)).sum())
     return out
 
 
@@ -220,17 +177,21 @@ def llc_summaries(llc: np.ndarray, last: int) -> dict[str, np.ndarray]:
 
 # --------------------------------------------------------------------------- fits
 
-def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitSettings,
+def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitConfig,
              run_ids: Sequence[Any], llc: Optional[np.ndarray] = None, llc_se: Optional[np.ndarray] = None,
-             llc_mean: Optional[np.ndarray] = None, llc_mean_se: Optional[np.ndarray] = None) -> pd.DataFrame:
+             llc_mean: Optional[np.ndarray] = None, llc_mean_se: Optional[np.ndarray] = None,
+             positions: Optional[Sequence[int]] = None) -> pd.DataFrame:
     """One row per run: :meth:`DiffusionFit.to_row` (whole-range and late-window eq 17 fits,
     crossover t_c with its interval, d_s = 2 λ α with delta-method intervals when λ is given),
     plus ``run``, ``llc_mean``/``llc_mean_se`` (λ̄) and ``fit_error`` (reason when a run could
-    not be fitted; its numbers are then missing, never silently NaN)."""
+    not be fitted, e.g. a constant displacement; its numbers are then missing, never silently
+    NaN). Run k's bootstrap seed is ``settings.seed + positions[k]``, its position in the full
+    ensemble (default k), so a run's fit does not depend on which other runs were left out."""
     from ..stats.diffusion import fit_diffusion
 
     rows = []
     K = displacement.shape[0]
+    positions = list(range(K)) if positions is None else [int(p) for p in positions]
     for k in range(K):
         d = np.asarray(displacement[k], float)
         ok = np.isfinite(d)
@@ -240,7 +201,7 @@ def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitSettings,
         try:
             f = fit_diffusion(np.asarray(steps)[ok], d[ok], llc=lam, llc_se=lam_se, n_grid=settings.n_grid,
                               method=settings.method, n_boot=settings.n_boot, level=settings.level,
-                              seed=settings.seed + k)
+                              seed=settings.seed + positions[k])
             row.update(f.to_row())
             row["fit_error"] = ""
         except (ValueError, np.linalg.LinAlgError) as exc:
@@ -346,7 +307,7 @@ def hypothesis_rows(hres, claim: str, statistic: str, values: np.ndarray, level:
 
 # --------------------------------------------------------------------------- H7
 
-def h7_prediction(steps: np.ndarray, displacement: np.ndarray, split: float, settings: FitSettings) -> dict:
+def h7_prediction(steps: np.ndarray, displacement: np.ndarray, split: float, settings: FitConfig) -> dict:
     """Held-out prediction of late displacement from an early-window fit (Figs 14-15, I.1).
 
     Per run: fit eq 17 (``log R = α log t + c``) on t ≤ ``split``·T only, predict

@@ -1,16 +1,21 @@
-"""The per-run arrays every training stage stores from an :class:`~sgdbayes.engine.EnsembleResult`."""
+"""The per-run arrays every training stage stores from an :class:`~sgdbayes.engine.EnsembleResult`,
+and the divergence count every report prints."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+
+__all__ = ["ensemble_arrays", "divergence_flags", "divergence_summary"]
 
 
 def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:
     """seeds, step grid, displacement curves R(t) (``displacement_dtype``), train-loss curves,
-    final train loss / accuracy, final test loss / accuracy, and the parameter count."""
+    final train loss / accuracy, final test loss / accuracy, divergence flags and steps
+    (-1 = never), and the parameter count."""
     fin = res.final
+    diverged, diverged_step = divergence_flags(res)
     return {
         "seeds": np.asarray(res.seeds, dtype=np.int64),
         "steps": np.asarray(res.steps, dtype=np.int64),
@@ -20,5 +25,40 @@ def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:
         "final_train_acc": fin["train_acc"].to_numpy(float),
         "final_test_loss": fin["test_loss"].to_numpy(float),
         "final_test_acc": fin["test_acc"].to_numpy(float),
+        "diverged": diverged,
+        "diverged_step": diverged_step,
         "n_params": int(res.spec.n_params),
     }
+
+
+def divergence_flags(res) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed: diverged, and the step it diverged at (-1 = never).
+
+    A seed diverged when the engine flagged it (its loss stopped being finite) *or* its
+    recorded displacement is not finite somewhere (R(t) overflowed while the loss stayed
+    finite); the step is then the first recorded step with a non-finite R(t).
+    """
+    fin = res.final
+    flag = fin["diverged"].to_numpy(bool).copy()
+    step = fin["diverged_step"].to_numpy(np.int64).copy()
+    bad = ~np.isfinite(np.asarray(res.displacement, dtype=np.float64))
+    extra = bad.any(1) & ~flag
+    if extra.any():
+        grid = np.asarray(res.steps, dtype=np.int64)
+        step[extra] = grid[np.argmax(bad[extra], axis=1)]
+        flag |= extra
+    return flag, step
+
+
+def divergence_summary(diverged: Sequence[bool], diverged_step: Sequence[int], labels: Sequence[Any]) -> dict:
+    """How many of the K runs diverged, which (``labels``) and at which steps.
+
+    A diverged run is left out of every stage after training; the report prints
+    ``"k of K runs diverged (at steps ...)"`` from this dict.
+    """
+    d = np.asarray(diverged, bool)
+    steps = np.asarray(diverged_step, np.int64)
+    idx = np.flatnonzero(d)
+    order = idx[np.argsort(steps[idx], kind="stable")]
+    return {"n_diverged": int(d.sum()), "n_runs": int(d.size), "all_diverged": bool(d.size and d.all()),
+            "runs": [str(labels[i]) for i in order], "steps": [int(steps[i]) for i in order]}

@@ -1,9 +1,9 @@
-"""ablations: paper App H (Figs 7-13, 16-17, the App-H table; SCIENCE.md §1 H6, §6).
+"""ablations: paper App H (Figs 7-13, 16-17, the App-H table; docs/methods.md).
 
 Stages (cached by :mod:`sgdbayes.runner`):
 
 1. ``train``    one batched ensemble per cell of optimizer (SGD with each momentum in
-                ``grid.momenta``; Adam) x learning rate x batch size, λ̂ every ``llc.every`` steps
+                ``grid.momenta``; Adam) x learning rate x batch size, λ̂ every ``llc_schedule.every`` steps
 2. ``analysis`` per run: final λ, λ̄, eq-17 fits and d_s = 2λα (whole range = the paper's d_s);
                 the App-H table (d_s and λ mean/std, test accuracy per optimizer); correlations of
                 d_s and λ with lr, batch size, momentum and test accuracy (OLS HC3, Spearman with
@@ -22,16 +22,92 @@ Report: :func:`sgdbayes.reporting.diffusion_reports.write_ablations`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
-from ._diffusion_common import CellSpec, fit_runs, h7_prediction, llc_summaries, stats_of, train_cell
-from .spectral_dimension import diffusion_hypotheses, fit_settings, h7_rows, llc_settings, study_data
+from ..runner.typed import StudyConfig
+from ..sampling import LLCConfig
+from ._diffusion_common import fit_runs, h7_prediction, llc_summaries, stats_of, train_cell
+from ._ensemble_arrays import divergence_summary
+from .sections import BootstrapConfig, FitConfig, H7Config, LLCSchedule, MNISTFamilyData, ModelConfig, ReportConfig
+from .spectral_dimension import diffusion_hypotheses, h7_rows
 
-__all__ = ["STAGES", "write_report", "grid_cells", "h6_contrast", "standardized_slopes", "PAPER_APP_H"]
+__all__ = ["CONFIG", "AblationsConfig", "GridConfig", "STAGES", "write_report", "grid_cells", "h6_contrast",
+           "standardized_slopes", "PAPER_APP_H"]
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """``[grid]``: the cells (SGD with each momentum in ``momenta`` x ``lrs_sgd``; Adam x
+    ``lrs_adam`` when ``adam``) x ``batch_sizes``, ``seeds`` per cell (seed ids from
+    ``seed_offset``), each trained ``steps`` steps (> 0) or else ``epochs`` epochs."""
+
+    momenta: tuple[float, ...] = (0.0, 0.9)
+    adam: bool = True
+    lrs_sgd: tuple[float, ...] = (0.001, 0.01, 0.1)
+    lrs_adam: tuple[float, ...] = (0.0001, 0.001, 0.01)
+    batch_sizes: tuple[int, ...] = (64, 256)
+    seeds: int = 3
+    seed_offset: int = 0
+    epochs: int = 100
+    steps: int = 0
+    record_every: int = 10
+
+    def __post_init__(self):
+        for i, m in enumerate(self.momenta):
+            check_float(f"momenta[{i}]", m, 0.0, 1.0, strict_max=True)
+        for name in ("lrs_sgd", "lrs_adam"):
+            for i, lr in enumerate(getattr(self, name)):
+                check_float(f"{name}[{i}]", lr, 0.0, strict_min=True)
+        if not self.batch_sizes:
+            raise ValueError("batch_sizes must list at least one batch size")
+        for i, b in enumerate(self.batch_sizes):
+            check_int(f"batch_sizes[{i}]", b, 1)
+        check_int("seeds", self.seeds, 1)
+        check_seed(self.seed_offset, "seed_offset")
+        check_int("epochs", self.epochs, 1)
+        check_int("steps", self.steps, 0)
+        check_int("record_every", self.record_every, 1)
+        if not ((self.momenta and self.lrs_sgd) or (self.adam and self.lrs_adam)):
+            raise ValueError("momenta/lrs_sgd/adam/lrs_adam: the grid is empty; give grid.momenta and "
+                             "grid.lrs_sgd, or grid.adam = true with grid.lrs_adam")
+
+
+@dataclass(frozen=True)
+class AblationsConfig(StudyConfig):
+    """The sections of ``studies/ablations.toml``."""
+
+    data: MNISTFamilyData = field(default_factory=MNISTFamilyData)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden=(128, 64, 32)))
+    grid: GridConfig = field(default_factory=GridConfig)
+    llc: LLCConfig = field(default_factory=LLCConfig.paper)
+    llc_schedule: LLCSchedule = field(default_factory=LLCSchedule)
+    fit: FitConfig = field(default_factory=FitConfig)
+    h7: H7Config = field(default_factory=H7Config)
+    analysis: BootstrapConfig = field(default_factory=BootstrapConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def input_files(self):
+        return self.data.input_files()
+
+    def preflight(self) -> None:
+        n = self.data.load().n_train
+        big = [b for b in self.grid.batch_sizes if b > n]
+        if big:
+            raise ValueError(f"grid.batch_sizes {big} exceed the {n} training examples "
+                             f"(data.name = {self.data.name!r}); lower them or use more data")
+        fewest = min(self.grid.steps or self.grid.epochs * (n // b) for b in self.grid.batch_sizes)
+        if fewest < self.llc_schedule.every:
+            raise ValueError(f"llc_schedule.every = {self.llc_schedule.every} exceeds the {fewest} steps of a "
+                             f"grid cell: no λ̂ would be estimated; lower it or train longer")
+
+
+CONFIG = AblationsConfig
 
 # The App-H table of the paper (not among sgdbayes.paper's Tables 1, 2, 4-8): per optimizer.
 PAPER_APP_H = {
@@ -40,52 +116,63 @@ PAPER_APP_H = {
 }
 
 
-def grid_cells(ctx: StageContext) -> list[dict]:
+def grid_cells(grid: GridConfig) -> list[dict]:
     """The cells of the grid: dicts with optimizer, label, family, momentum, lr, batch_size."""
     cells = []
-    for m in ctx.cfg("grid.momenta"):
-        for lr in ctx.cfg("grid.lrs_sgd"):
-            for b in ctx.cfg("grid.batch_sizes"):
+    for m in grid.momenta:
+        for lr in grid.lrs_sgd:
+            for b in grid.batch_sizes:
                 cells.append({"optimizer": "sgd", "label": "sgd" if m == 0 else f"sgd+momentum {m:g}",
                               "family": "SGD", "momentum": float(m), "lr": float(lr), "batch_size": int(b)})
-    if ctx.cfg("grid.adam"):
-        for lr in ctx.cfg("grid.lrs_adam"):
-            for b in ctx.cfg("grid.batch_sizes"):
+    if grid.adam:
+        for lr in grid.lrs_adam:
+            for b in grid.batch_sizes:
                 cells.append({"optimizer": "adam", "label": "adam", "family": "Adam", "momentum": 0.0,
                               "lr": float(lr), "batch_size": int(b)})
-    if not cells:
-        raise ValueError("the grid is empty: give grid.momenta and grid.lrs_sgd, or grid.adam = true")
     return cells
 
 
+def _cell_ensemble(data_cfg: MNISTFamilyData, model: ModelConfig, grid: GridConfig, cell: dict, n_train: int,
+                   device: str):
+    from ..engine import EnsembleConfig
+
+    steps = grid.steps or grid.epochs * (n_train // cell["batch_size"])
+    return EnsembleConfig(
+        dataset=data_cfg.name, dataset_options=data_cfg.dataset_options(), widths=model.widths(),
+        optimizer=cell["optimizer"], lr=cell["lr"], momentum=cell["momentum"] if cell["optimizer"] == "sgd" else 0.0,
+        batch_size=cell["batch_size"], steps=int(steps), seeds=tuple(range(grid.seed_offset, grid.seed_offset + grid.seeds)),
+        record_every=grid.record_every, record_log_points=100, device=device, progress=False,
+    )
+
+
 def stage_train(ctx: StageContext) -> dict[str, Any]:
-    data = study_data(ctx).to(ctx.device)
-    S, off = ctx.cfg("grid.seeds"), ctx.cfg("grid.seed_offset")
-    llc = llc_settings(ctx)
+    c = ctx.config
+    data = c.data.load(ctx.device)
+    S, off = c.grid.seeds, c.grid.seed_offset
     rows: dict[str, list] = {k: [] for k in ("cell", "seed", "optimizer", "label", "family", "momentum", "lr",
-                                             "batch_size", "steps_total", "test_acc", "train_acc", "diverged")}
+                                             "batch_size", "steps_total", "test_acc", "train_acc", "diverged",
+                                             "diverged_step")}
     curves, llcs, grids, cell_wall = [], [], [], []
-    for ci, c in enumerate(grid_cells(ctx)):
-        steps = ctx.cfg("grid.steps") or ctx.cfg("grid.epochs") * (data.n_train // c["batch_size"])
-        cell = CellSpec(hidden=tuple(ctx.cfg("model.hidden")), optimizer=c["optimizer"], lr=c["lr"],
-                        momentum=c["momentum"], batch_size=c["batch_size"], steps=int(steps),
-                        seeds=tuple(range(off, off + S)), record_every=ctx.cfg("grid.record_every"))
-        res = train_cell(data, cell, llc, ctx.device)
+    for ci, cell in enumerate(grid_cells(c.grid)):
+        ecfg = _cell_ensemble(c.data, c.model, c.grid, cell, data.n_train, ctx.device)
+        res = train_cell(data, ecfg, c.llc, c.llc_schedule.every)
         for k in range(S):
             rows["cell"].append(ci); rows["seed"].append(off + k)
             for key in ("optimizer", "label", "family", "momentum", "lr", "batch_size"):
-                rows[key].append(c[key])
-            rows["steps_total"].append(int(steps))
+                rows[key].append(cell[key])
+            rows["steps_total"].append(int(ecfg.steps))
             rows["test_acc"].append(float(res["final_test_acc"][k])); rows["train_acc"].append(float(res["final_train_acc"][k]))
-            rows["diverged"].append(bool(res["diverged"][k]))
+            rows["diverged"].append(bool(res["diverged"][k])); rows["diverged_step"].append(int(res["diverged_step"][k]))
         curves.append(res["displacement"]); llcs.append(res["llc"]); grids.append(res["steps"])
         cell_wall.append(res["wall_s"])
-        ctx.log(f"    cell {ci}: {c['label']} lr {c['lr']:g} B {c['batch_size']}: {steps} steps, test acc "
-                f"{np.mean(res['final_test_acc']):.3f}, {res['wall_s']:.1f} s")
+        ctx.log(f"    cell {ci}: {cell['label']} lr {cell['lr']:g} B {cell['batch_size']}: {ecfg.steps} steps, test acc "
+                f"{np.nanmean(res['final_test_acc']):.3f}, {int(res['diverged'].sum())} diverged, {res['wall_s']:.1f} s")
     out: dict[str, Any] = {"runs": rows, "cell_wall_s": np.asarray(cell_wall), "nbeta": float(res["nbeta"]),
                            "n_params": int(res["n_params"]), "widths": res["widths"], "n_train": data.n_train,
                            "n_test": int(data.x_test.shape[0]), "n_features": data.n_features,
-                           "data_meta": {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))}}
+                           "data_meta": {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))},
+                           "divergence": divergence_summary(rows["diverged"], rows["diverged_step"],
+                                                            [f"c{ci}/s{s}" for ci, s in zip(rows["cell"], rows["seed"])])}
     for i, (g, d, l) in enumerate(zip(grids, curves, llcs)):
         out[f"steps_{i}"], out[f"disp_{i}"], out[f"llc_{i}"] = g, d, l
     return out
@@ -141,29 +228,37 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     from ..stats.regression import cross_run_regressions
 
     tr = ctx["train"]
-    fs = fit_settings(ctx)
-    level, seed, n_boot, last = fs.level, ctx.cfg("analysis.seed"), ctx.cfg("analysis.n_boot"), ctx.cfg("llc.last")
+    c = ctx.config
+    fs = c.fit
+    level, seed, n_boot, last = fs.level, c.analysis.seed, c.analysis.n_boot, c.llc_schedule.last
     meta = pd.DataFrame(tr["runs"])
     parts = []
     for ci in sorted(meta["cell"].unique()):
         m = meta[meta["cell"] == ci].reset_index(drop=True)
+        keep = ~m["diverged"].to_numpy(bool)  # diverged runs are left out of every fit
+        m = m[keep].drop(columns=["diverged_step"]).reset_index(drop=True)
         steps = np.asarray(tr[f"steps_{ci}"], float)
-        disp = np.asarray(tr[f"disp_{ci}"], float)
-        summ = llc_summaries(np.asarray(tr[f"llc_{ci}"], float), last)
+        disp = np.asarray(tr[f"disp_{ci}"], float)[keep]
+        summ = llc_summaries(np.asarray(tr[f"llc_{ci}"], float)[keep], last)
         r = fit_runs(steps, disp, fs, [f"c{ci}/s{s}" for s in m["seed"]], llc=summ["llc_final"],
-                     llc_se=summ["llc_final_se"], llc_mean=summ["llc_mean"], llc_mean_se=summ["llc_mean_se"])
-        r = pd.concat([m.drop(columns=[]), r], axis=1)
+                     llc_se=summ["llc_final_se"], llc_mean=summ["llc_mean"], llc_mean_se=summ["llc_mean_se"],
+                     positions=np.flatnonzero(keep))
+        r = pd.concat([m, r], axis=1)
         r["R_final"] = disp[:, -1]
-        p = h7_prediction(steps, disp, ctx.cfg("h7.split"), fs)
+        p = h7_prediction(steps, disp, c.h7.split, fs)
         r["R_pred_final"], r["rel_err_final"], r["r2_heldout"] = p["R_pred_final"], p["rel_err_final"], p["r2_heldout"]
         parts.append(r)
     runs = pd.concat(parts, ignore_index=True)
     runs["log10_lr"] = np.log10(runs["lr"].astype(float))
     runs["log2_batch"] = np.log2(runs["batch_size"].astype(float))
     notes = []
-    bad = (runs["fit_error"] != "") | runs["diverged"].astype(bool)
+    n_div = int(meta["diverged"].astype(bool).sum())
+    if n_div:
+        notes.append(f"{n_div} of {len(meta)} runs diverged; left out of the analysis")
+    bad = runs["fit_error"] != ""
     if bad.any():
-        notes.append(f"{int(bad.sum())} runs diverged or could not be fitted; left out of the analysis")
+        notes.append(f"{int(bad.sum())} runs could not be fitted ({runs.loc[bad, 'fit_error'].iloc[0]}); "
+                     f"left out of the analysis")
     fitted = runs[~bad].reset_index(drop=True)
 
     # -- App-H table per optimizer label
@@ -217,18 +312,24 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
         hyps += [h for h in rows if h["window"] == "whole" or h["id"].startswith("H1")]
         pred = {"R_true_final": g["R_final"].to_numpy(float), "R_pred_final": g["R_pred_final"].to_numpy(float),
                 "rel_err_final": g["rel_err_final"].to_numpy(float), "n_failed": int(g["R_pred_final"].isna().sum())}
-        r7, _ = h7_rows(g.reset_index(drop=True), pred, ctx.cfg("h7.margin"), level, n_boot, seed)
+        r7, _ = h7_rows(g.reset_index(drop=True), pred, c.h7.margin, level, n_boot, seed)
         for h in r7:
             h["id"] = f"H7 [{fam}]"
         hyps += r7
     return {"runs": fitted.to_dict(orient="list"), "app_h": app_h, "correlations": corr, "h6": h6, "h6_adam": h6_adam,
-            "hypotheses": hyps, "notes": notes, "n_runs": int(len(runs)), "n_fitted": int(len(fitted)),
-            "cells": grid_cells(ctx)}
+            "hypotheses": hyps, "notes": notes, "n_runs": int(len(meta)), "n_fitted": int(len(fitted)),
+            "cells": grid_cells(c.grid)}
+
+
+def _no_run_left(ctx: StageContext):
+    d = ctx["train"]["divergence"]
+    return f"all {d['n_runs']} runs diverged" if d["all_diverged"] else None
 
 
 STAGES = [
     Stage("train", stage_train, "train every optimizer x lr x batch cell with λ̂ along training"),
-    Stage("analysis", stage_analysis, "d_s, λ per run; App-H table; correlations; H6; H1-H3, H7"),
+    Stage("analysis", stage_analysis, "d_s, λ per run; App-H table; correlations; H6; H1-H3, H7",
+          skip=_no_run_left),
 ]
 
 

@@ -1,4 +1,4 @@
-"""anomalous_diffusion: paper §3.1.1, Fig 1, eq 11 (SCIENCE.md §1 H1, §4, §6).
+"""anomalous_diffusion: paper §3.1.1, Fig 1, eq 11 (docs/methods.md).
 
 Stages (cached by :mod:`sgdbayes.runner`):
 
@@ -12,20 +12,51 @@ Report: :func:`sgdbayes.reporting.diffusion_reports.write_anomalous_diffusion`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
-from ._diffusion_common import FitSettings, fit_runs, hypothesis_rows, stats_of
-from ._ensemble_arrays import ensemble_arrays
+from ..runner.typed import StudyConfig
+from ._diffusion_common import fit_runs, hypothesis_rows, stats_of
+from ._ensemble_arrays import divergence_summary, ensemble_arrays
+from .sections import CurvesReport, FitConfig, ModelConfig, MoonsData, TrainConfig, sgd_ensemble
 
-__all__ = ["STAGES", "write_report", "local_slopes", "fit_settings"]
+__all__ = ["CONFIG", "AnomalousDiffusionConfig", "AnalysisConfig", "STAGES", "write_report", "local_slopes"]
 
 
-def fit_settings(ctx: StageContext) -> FitSettings:
-    return FitSettings(method=ctx.cfg("fit.method"), n_boot=ctx.cfg("fit.n_boot"), n_grid=ctx.cfg("fit.n_grid"),
-                       level=ctx.cfg("fit.level"), seed=ctx.cfg("fit.seed"))
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """``[analysis]``: bootstrap of medians over runs; local slope window (ours)."""
+
+    n_boot: int = 2000
+    seed: int = 1
+    local_slope_halfwidth: float = 0.35   # OLS of ln R on ln t over |Δ ln t| <= this
+
+    def __post_init__(self):
+        check_int("n_boot", self.n_boot, 1)
+        check_seed(self.seed, "seed")
+        check_float("local_slope_halfwidth", self.local_slope_halfwidth, 0.0, strict_min=True)
+
+
+@dataclass(frozen=True)
+class AnomalousDiffusionConfig(StudyConfig):
+    """The sections of ``studies/anomalous_diffusion.toml``."""
+
+    data: MoonsData = field(default_factory=MoonsData)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    report: CurvesReport = field(default_factory=CurvesReport)
+
+    def __post_init__(self):
+        self.train.check_data(self.data.n_train, "data.n")
+
+
+CONFIG = AnomalousDiffusionConfig
 
 
 def local_slopes(steps: np.ndarray, R: np.ndarray, halfwidth: float, n_points: int = 64):
@@ -54,23 +85,16 @@ def local_slopes(steps: np.ndarray, R: np.ndarray, halfwidth: float, n_points: i
 # --------------------------------------------------------------------------- stage 1
 
 def stage_train(ctx: StageContext) -> dict[str, Any]:
-    from ..engine import EnsembleConfig, train_ensemble
+    from ..engine import train_ensemble
 
-    K, off = ctx.cfg("train.seeds"), ctx.cfg("train.seed_offset")
-    ecfg = EnsembleConfig(
-        dataset=ctx.cfg("data.name"),
-        dataset_options=dict(n=ctx.cfg("data.n"), noise=ctx.cfg("data.noise"), seed=ctx.cfg("data.seed")),
-        widths=(None, *ctx.cfg("model.hidden"), None), optimizer="sgd", lr=ctx.cfg("train.lr"),
-        batch_size=ctx.cfg("train.batch_size"), steps=ctx.cfg("train.steps"), seeds=tuple(range(off, off + K)),
-        record_every=ctx.cfg("train.record_every"), record_log_points=ctx.cfg("train.record_log_points"),
-        device=ctx.device, progress=False,
-    )
-    res = train_ensemble(ecfg)
+    c = ctx.config
+    res = train_ensemble(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, ctx.device))
     fin = res.final
-    ctx.log(f"    {K} runs, train acc {fin['train_acc'].mean():.3f}, {int(fin['diverged'].sum())} diverged")
+    arrays = ensemble_arrays(res)
+    ctx.log(f"    {len(res.seeds)} runs, train acc {fin['train_acc'].mean():.3f}, {int(arrays['diverged'].sum())} diverged")
     return {
-        **ensemble_arrays(res),
-        "diverged": fin["diverged"].to_numpy(bool),
+        **arrays,
+        "divergence": divergence_summary(arrays["diverged"], arrays["diverged_step"], [f"seed {s}" for s in arrays["seeds"]]),
         "engine_s": float(res.meta.get("elapsed_s", float("nan"))),
     }
 
@@ -84,14 +108,14 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     from ..stats.hypotheses import test_h1
 
     tr = ctx["train"]
-    fs = fit_settings(ctx)
+    fs = ctx.config.fit
     level = fs.level
-    seed = ctx.cfg("analysis.seed")
+    seed = ctx.config.analysis.seed
     steps = np.asarray(tr["steps"], float)
     ok = ~np.asarray(tr["diverged"], bool)
     disp = np.asarray(tr["displacement"], float)[ok]
     seeds = np.asarray(tr["seeds"])[ok]
-    runs = fit_runs(steps, disp, fs, [int(s) for s in seeds])
+    runs = fit_runs(steps, disp, fs, [int(s) for s in seeds], positions=np.flatnonzero(ok))
     n_fail = int((runs["fit_error"] != "").sum())
     notes = []
     if n_fail:
@@ -119,8 +143,9 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     brownian = mean[0] * np.sqrt(steps / steps[0])  # R_B(t) = R̄(t_0) (t / t_0)^(1/2), anchored at the first step
 
     # -- local slope of the mean curve and of each run
-    tg, slope_runs = local_slopes(steps, disp, ctx.cfg("fit.local_slope_halfwidth"))
-    _, slope_mean = local_slopes(steps, mean[None, :], ctx.cfg("fit.local_slope_halfwidth"))
+    halfwidth = ctx.config.analysis.local_slope_halfwidth
+    tg, slope_runs = local_slopes(steps, disp, halfwidth)
+    _, slope_mean = local_slopes(steps, mean[None, :], halfwidth)
     slope_mean = slope_mean[0]
     import warnings
 
@@ -184,9 +209,15 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def _no_run_left(ctx: StageContext):
+    d = ctx["train"]["divergence"]
+    return f"all {d['n_runs']} seeds diverged" if d["all_diverged"] else None
+
+
 STAGES = [
     Stage("train", stage_train, "train the moons SGD ensemble"),
-    Stage("analysis", stage_analysis, "per-run diffusion fits, H1, mean curve, local slope, crossover"),
+    Stage("analysis", stage_analysis, "per-run diffusion fits, H1, mean curve, local slope, crossover",
+          skip=_no_run_left),
 ]
 
 

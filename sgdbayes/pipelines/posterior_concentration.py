@@ -1,4 +1,4 @@
-"""posterior_concentration: paper §4.2 / App G.4 / Figs 3-4 / Table 2 (SCIENCE.md §5).
+"""posterior_concentration: paper §4.2 / App G.4 / Figs 3-4 / Table 2 (docs/methods.md).
 
 Stages (each cached atomically by :mod:`sgdbayes.runner`):
 
@@ -23,24 +23,34 @@ import numpy as np
 import torch
 
 from ..runner.orchestrate import Stage, StageContext
-from ._ensemble_arrays import ensemble_arrays
+from ._ensemble_arrays import divergence_summary, ensemble_arrays
+from .posterior_concentration_config import (
+    AnalysisConfig,
+    ClusterConfig,
+    ConvergenceConfig,
+    PosteriorConcentrationConfig,
+    ReportConfig,
+    SGLDStarts,
+    TemperingConfig,
+)
+from .sections import sgd_ensemble
 
-__all__ = ["STAGES", "write_report", "convergence_filter", "select_sgld_starts"]
+__all__ = ["CONFIG", "PosteriorConcentrationConfig", "ConvergenceConfig", "ClusterConfig", "SGLDStarts",
+           "TemperingConfig", "AnalysisConfig", "ReportConfig", "STAGES", "write_report", "convergence_filter",
+           "select_sgld_starts"]
+
+
+CONFIG = PosteriorConcentrationConfig
 
 
 # --------------------------------------------------------------------------- helpers
 
 def _dataset(ctx: StageContext):
-    from ..data import load_dataset
-
-    return load_dataset(ctx.cfg("data.name"), n=ctx.cfg("data.n"), noise=ctx.cfg("data.noise"),
-                        seed=ctx.cfg("data.seed"), device="cpu")
+    return ctx.config.data.load("cpu")
 
 
 def _spec(ctx: StageContext, data):
-    from ..models import MLPSpec
-
-    return MLPSpec((data.n_features, *ctx.cfg("model.hidden"), data.n_classes))
+    return ctx.config.model.spec(data.n_features, data.n_classes)
 
 
 def convergence_filter(steps: np.ndarray, loss: np.ndarray, window: float, rel_tol: float):
@@ -123,40 +133,31 @@ def select_sgld_starts(loss: np.ndarray, llc: np.ndarray, labels: np.ndarray, n_
 # --------------------------------------------------------------------------- stage 1: train
 
 def stage_train(ctx: StageContext) -> dict[str, Any]:
-    from ..engine import EnsembleConfig, train_ensemble
+    from ..engine import train_ensemble
 
-    K = ctx.cfg("train.seeds")
-    off = ctx.cfg("train.seed_offset")
-    ecfg = EnsembleConfig(
-        dataset=ctx.cfg("data.name"),
-        dataset_options=dict(n=ctx.cfg("data.n"), noise=ctx.cfg("data.noise"), seed=ctx.cfg("data.seed")),
-        widths=(None, *ctx.cfg("model.hidden"), None),
-        optimizer="sgd", lr=ctx.cfg("train.lr"), batch_size=ctx.cfg("train.batch_size"),
-        steps=ctx.cfg("train.steps"), seeds=tuple(range(off, off + K)),
-        record_every=ctx.cfg("train.log_every"), record_log_points=100,
-        device=ctx.device, progress=False,
-    )
-    res = train_ensemble(ecfg)
+    c = ctx.config
+    res = train_ensemble(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, ctx.device))
     fin = res.final
-    rel, passed = convergence_filter(res.steps, res.train_loss, ctx.cfg("convergence.window"),
-                                     ctx.cfg("convergence.rel_tol"))
-    diverged = fin["diverged"].to_numpy(bool)
+    K = len(res.seeds)
+    rel, passed = convergence_filter(res.steps, res.train_loss, c.convergence.window, c.convergence.rel_tol)
+    arrays = ensemble_arrays(res, displacement_dtype=np.float32)
+    diverged = arrays["diverged"]
     passed &= ~diverged
     n_pass = int(passed.sum())
-    apply = bool(ctx.cfg("convergence.apply"))
-    if apply and n_pass >= ctx.cfg("convergence.min_runs"):
+    apply = bool(c.convergence.apply)
+    if apply and n_pass >= c.convergence.min_runs:
         used = passed.copy()
         filter_status = "applied"
     else:
         used = ~diverged
         filter_status = ("not applied (convergence.apply = false)" if not apply else
                          f"not applied: only {n_pass} runs passed (< convergence.min_runs = "
-                         f"{ctx.cfg('convergence.min_runs')}); all non-diverged runs kept")
+                         f"{c.convergence.min_runs}); all non-diverged runs kept")
     ctx.log(f"    {K} runs, {n_pass} pass the plateau filter; filter {filter_status}; "
-            f"train acc {fin['train_acc'].mean():.3f}")
+            f"train acc {fin['train_acc'].mean():.3f}; {int(diverged.sum())} diverged")
     return {
-        **ensemble_arrays(res, displacement_dtype=np.float32),
-        "diverged": diverged,
+        **arrays,
+        "divergence": divergence_summary(diverged, arrays["diverged_step"], [f"seed {s}" for s in arrays["seeds"]]),
         "rel_drop": rel,
         "passed": passed,
         "used": used,
@@ -168,32 +169,39 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- stage 2: llc
 
+def _scatter(values: np.ndarray, at: np.ndarray, K: int, fill) -> np.ndarray:
+    """``values`` (rows of the estimated runs) placed at rows ``at`` of a K-row array filled with ``fill``."""
+    values = np.asarray(values)
+    out = np.full((K, *values.shape[1:]), fill, dtype=np.result_type(values.dtype, np.asarray(fill).dtype))
+    out[at] = values
+    return out
+
+
 def stage_llc(ctx: StageContext) -> dict[str, Any]:
-    from ..sampling import LLCConfig, estimate_llc
+    """λ̂ of every run that did not diverge (a diverged run's frozen weights have no finite loss;
+    its λ̂ is NaN). Chains are keyed by the run's seed, so the others' estimates do not change."""
+    from ..sampling import estimate_llc
 
     tr = ctx["train"]
     data = _dataset(ctx)
     spec = _spec(ctx, data)
-    w = torch.as_tensor(tr["w_final"]).to(ctx.device)
-    lcfg = LLCConfig(step_size=ctx.cfg("llc.epsilon"), localization=ctx.cfg("llc.gamma"),
-                     nbeta=ctx.cfg("llc.nbeta"), batch_size=ctx.cfg("llc.batch_size"),
-                     num_chains=ctx.cfg("llc.num_chains"), num_draws=ctx.cfg("llc.num_draws"),
-                     num_burnin_steps=ctx.cfg("llc.num_burnin"), num_steps_bw_draws=ctx.cfg("llc.steps_bw_draws"),
-                     seed=ctx.cfg("llc.seed"))
-    r = estimate_llc(w, (data.x_train.to(ctx.device), data.y_train.to(ctx.device)), spec=spec, config=lcfg,
-                     model_ids=[int(s) for s in tr["seeds"]])
+    K = int(np.size(tr["seeds"]))
+    ok = np.flatnonzero(~np.asarray(tr["diverged"], bool))
+    w = torch.as_tensor(tr["w_final"][ok]).to(ctx.device)
+    r = estimate_llc(w, (data.x_train.to(ctx.device), data.y_train.to(ctx.device)), spec=spec,
+                     config=ctx.config.llc, model_ids=[int(s) for s in tr["seeds"][ok]])
     ctx.log(f"    nβ = {r.nbeta:.4g}; λ̂ mean {np.nanmean(r.llc):.3g}; {int(r.negative.sum())} negative; "
-            f"{int(r.trend_flag.sum())} trend-flagged; {r.wall_s:.1f} s")
+            f"{int(r.trend_flag.sum())} trend-flagged; {K - ok.size} diverged runs skipped; {r.wall_s:.1f} s")
     return {
-        "llc": r.llc.astype(float),
-        "llc_std": r.llc_std.astype(float),
-        "llc_per_chain": r.llc_per_chain.astype(float),
-        "trend_z": r.trend_z.astype(float),
-        "trend_rel": r.trend_rel.astype(float),
-        "trend_flag": r.trend_flag,
-        "init_loss": r.init_loss.astype(float),
-        "all_diverged": r.all_diverged,
-        "n_diverged_chains": r.n_diverged.astype(np.int64),
+        "llc": _scatter(r.llc.astype(float), ok, K, np.nan),
+        "llc_std": _scatter(r.llc_std.astype(float), ok, K, np.nan),
+        "llc_per_chain": _scatter(r.llc_per_chain.astype(float), ok, K, np.nan),
+        "trend_z": _scatter(r.trend_z.astype(float), ok, K, np.nan),
+        "trend_rel": _scatter(r.trend_rel.astype(float), ok, K, np.nan),
+        "trend_flag": _scatter(r.trend_flag, ok, K, False),
+        "init_loss": _scatter(r.init_loss.astype(float), ok, K, np.nan),
+        "all_diverged": _scatter(r.all_diverged, ok, K, False),
+        "n_diverged_chains": _scatter(r.n_diverged.astype(np.int64), ok, K, 0),
         "loss_trace_mean": np.nanmean(r.loss_traces, axis=(0, 1)).astype(float),
         "nbeta": float(r.nbeta),
         "nbeta_rule": r.config.nbeta_rule(),
@@ -207,17 +215,16 @@ def stage_llc(ctx: StageContext) -> dict[str, Any]:
 def _probe(ctx: StageContext, data) -> np.ndarray:
     from ..stats.cluster import probe_inputs
 
-    return probe_inputs(data.x_train.cpu().numpy(), grid_size=ctx.cfg("cluster.grid"),
-                        margin=ctx.cfg("cluster.grid_margin")).astype(np.float32)
+    c = ctx.config.cluster
+    return probe_inputs(data.x_train.cpu().numpy(), grid_size=c.grid, margin=c.grid_margin).astype(np.float32)
 
 
 def _clusterer(ctx: StageContext):
     from ..stats.cluster import FunctionSpaceClusterer
 
-    return FunctionSpaceClusterer(n_components=ctx.cfg("cluster.pca_dim"),
-                                  min_cluster_size=ctx.cfg("cluster.min_cluster_size"),
-                                  fallback="gmm", max_k=ctx.cfg("cluster.gmm_max_k"),
-                                  random_state=ctx.cfg("cluster.seed"))
+    c = ctx.config.cluster
+    return FunctionSpaceClusterer(n_components=c.pca_dim, min_cluster_size=c.min_cluster_size, fallback="gmm",
+                                  max_k=c.gmm_max_k, random_state=c.seed)
 
 
 def stage_cluster(ctx: StageContext) -> dict[str, Any]:
@@ -261,7 +268,7 @@ def stage_cluster(ctx: StageContext) -> dict[str, Any]:
 # --------------------------------------------------------------------------- stage 4: sgld
 
 def stage_sgld(ctx: StageContext) -> dict[str, Any]:
-    from ..sampling import PosteriorConfig, sample_posterior
+    from ..sampling import sample_posterior
     from ..sampling.diagnostics import ess, split_rhat
 
     tr, ll, cu = ctx["train"], ctx["llc"], ctx["cluster"]
@@ -276,14 +283,12 @@ def stage_sgld(ctx: StageContext) -> dict[str, Any]:
         raise RuntimeError("refitted clusterer does not reproduce the cached labels")
     loss_u = tr["final_train_loss"][used]
     llc_u = ll["llc"][used]
-    pick, how = select_sgld_starts(loss_u, llc_u, labels, ctx.cfg("sgld.n_chains"), ctx.cfg("sgld.seeding"), cats)
+    starts = ctx.config.sgld_starts
+    pick, how = select_sgld_starts(loss_u, llc_u, labels, starts.n_chains, starts.rule, cats)
     if pick.size == 0:
         raise RuntimeError("no run is eligible to seed SGLD")
     w0 = torch.as_tensor(tr["w_final"][used[pick]]).to(ctx.device)
-    pcfg = PosteriorConfig(step_size=ctx.cfg("sgld.epsilon"), num_samples=ctx.cfg("sgld.num_samples"),
-                           num_burnin_steps=ctx.cfg("sgld.burnin"), num_steps_bw_samples=ctx.cfg("sgld.thin"),
-                           batch_size=ctx.cfg("sgld.batch_size"), seed=ctx.cfg("sgld.seed"), record="full",
-                           keep_samples=True)
+    pcfg = ctx.config.sgld
     seed_ids = [int(s) for s in tr["seeds"][used[pick]]]
     r = sample_posterior(w0, spec=spec, data=(data.x_train.to(ctx.device), data.y_train.to(ctx.device)),
                          config=pcfg, start_ids=seed_ids, groups=labels[pick].tolist())
@@ -432,33 +437,33 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     names = list(cu["category_names"])
     K = len(cats)
     N = used.size
-    level = ctx.cfg("analysis.level")
-    margin = ctx.cfg("analysis.margin")
-    pc = ctx.cfg("analysis.pseudocount")
-    n_boot = ctx.cfg("analysis.n_boot")
-    rng = np.random.default_rng(ctx.cfg("analysis.seed"))
-    m = float(ctx.cfg("tempering.m") or ctx.cfg("data.n"))
-    lr = ctx.cfg("tempering.gamma")
+    ac, tc = ctx.config.analysis, ctx.config.tempering
+    level = ac.level
+    margin = ac.margin
+    pc = ac.pseudocount
+    n_boot = ac.n_boot
+    rng = np.random.default_rng(ac.seed)
+    m = float(tc.m or ctx.config.data.n)
+    lr = tc.gamma
     notes: list[str] = []
 
     # -- α per run (late window after the crossover, or whole range)
     t0 = time.perf_counter()
     alpha_all, alpha_whole_all, anotes = _alpha_per_run(tr["steps"], tr["displacement"][used],
-                                                        ctx.cfg("analysis.alpha_window"), ctx.cfg("analysis.seed"))
+                                                        ac.alpha_window, ac.seed)
     notes += anotes
     ctx.log(f"    α fits: {time.perf_counter() - t0:.1f} s; median α {np.nanmedian(alpha_all):.3f}")
     loss = tr["final_train_loss"][used]
     llc = ll["llc"][used]
 
     # -- ξ sweep
-    grid = np.logspace(np.log10(ctx.cfg("tempering.xi_min")), np.log10(ctx.cfg("tempering.xi_max")),
-                       ctx.cfg("tempering.xi_points"))
-    sw = sweep_xi(labels, cats, loss, alpha_all, lr, grid=grid, n_boot=ctx.cfg("tempering.n_boot_xi"),
-                  level=level, split_seed=ctx.cfg("tempering.split_seed"), rng=rng, llc=llc)
+    grid = np.logspace(np.log10(tc.xi_min), np.log10(tc.xi_max), tc.xi_points)
+    sw = sweep_xi(labels, cats, loss, alpha_all, lr, grid=grid, n_boot=tc.n_boot_xi,
+                  level=level, split_seed=tc.split_seed, rng=rng, llc=llc)
     props = sw.properties
     xi_star = sw.xi_star
     # held-out curve for the figure: selected on half A, evaluated on half B
-    perm = np.random.default_rng(ctx.cfg("tempering.split_seed")).permutation(N)
+    perm = np.random.default_rng(tc.split_seed).permutation(N)
     B = np.sort(perm[N // 2:])
     pB = np.bincount(label_positions(labels[B], cats), minlength=K) / B.size
     propsB = cluster_properties(labels[B], cats, loss[B], alpha_all[B], llc[B])
@@ -644,7 +649,7 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
         "xi": {"xi_star": xi_star, "kl_min": sw.kl_min, "ci": list(sw.xi_star_ci), "xi_A": sw.xi_A,
                "kl_B_at_xi_A": sw.kl_B_at_xi_A, "xi_B": sw.xi_B, "kl_A_at_xi_B": sw.kl_A_at_xi_B,
                "kl_split": sw.kl_split, "at_boundary": sw.at_boundary, "notes": list(sw.notes),
-               "lr": lr, "n_boot": ctx.cfg("tempering.n_boot_xi")},
+               "lr": lr, "n_boot": tc.n_boot_xi},
         "tempering": {"m": m, "xi_star": xi_star, "p_temp": p_temp, "collapsed": temp_info["collapsed"],
                       "n_effective": temp_info["n_effective"], "notes": temp_info["notes"]},
         "free_energy": {"p_f": p_f, "F": fe.free_energy, "notes": list(fe.notes)},
@@ -664,12 +669,24 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def _no_run_left(ctx: StageContext):
+    """A reason to skip the later stages: fewer than 3 usable runs (clustering needs 3)."""
+    d = ctx["train"]["divergence"]
+    if d["all_diverged"]:
+        return f"all {d['n_runs']} seeds diverged"
+    n_used = int(np.sum(ctx["train"]["used"]))
+    if n_used < 3:
+        return (f"only {n_used} of {d['n_runs']} runs are usable ({d['n_diverged']} diverged); "
+                f"clustering solutions needs at least 3")
+    return None
+
+
 STAGES = [
     Stage("train", stage_train, "train the SGD ensemble"),
-    Stage("llc", stage_llc, "estimate λ̂ of every solution"),
-    Stage("cluster", stage_cluster, "cluster solutions in function space"),
-    Stage("sgld", stage_sgld, "posterior SGLD from the best solutions"),
-    Stage("analysis", stage_analysis, "ξ sweep, tempering, Table 2, verdicts"),
+    Stage("llc", stage_llc, "estimate λ̂ of every solution", skip=_no_run_left),
+    Stage("cluster", stage_cluster, "cluster solutions in function space", skip=_no_run_left),
+    Stage("sgld", stage_sgld, "posterior SGLD from the best solutions", skip=_no_run_left),
+    Stage("analysis", stage_analysis, "ξ sweep, tempering, Table 2, verdicts", skip=_no_run_left),
 ]
 
 

@@ -1,10 +1,10 @@
 """spectral_dimension: paper §4.1, App G.1, App J (Tables 7-8), Figs 2a, 14-15, 18, 21
-(SCIENCE.md §1 H1-H3, H7; §2-4; §6).
+(docs/methods.md).
 
 Stages (cached by :mod:`sgdbayes.runner`):
 
 1. ``train``    the identical-architecture ensemble (App G.1: 50 seeds of 784-128-64-32-10, input
-                width set by the data) with λ̂ every ``llc.every`` steps (LLC hook of the engine)
+                width set by the data) with λ̂ every ``llc_schedule.every`` steps (LLC hook of the engine)
 2. ``sweep``    the Table-7 architectures (input width replaced by the data's), same hook
 3. ``analysis`` per run: final λ (mean of the last 10 estimates) and λ̄ (mean of all), eq-17 fits
                 (whole range = the paper's d_s; late window after t_c), d_s = 2λα with delta-method
@@ -15,47 +15,91 @@ Report: :func:`sgdbayes.reporting.diffusion_reports.write_spectral_dimension`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .._validation import check_int
 from ..runner.orchestrate import Stage, StageContext
+from ..runner.typed import StudyConfig
+from ..sampling import LLCConfig
 from ._diffusion_common import (
-    CellSpec,
-    FitSettings,
-    LLCSettings,
     bootstrap_ci,
     fit_runs,
     h7_prediction,
     hypothesis_rows,
     llc_summaries,
-    load_study_data,
     parse_layers,
     stats_of,
     train_cell,
 )
+from ._ensemble_arrays import divergence_summary
+from .sections import (
+    BootstrapConfig,
+    CurvesReport,
+    FitConfig,
+    H7Config,
+    LLCSchedule,
+    MNISTFamilyData,
+    ModelConfig,
+    TrainConfig,
+    sgd_ensemble,
+)
 
-__all__ = ["STAGES", "write_report", "llc_settings", "fit_settings", "study_data", "table7_architectures",
+__all__ = ["CONFIG", "SpectralDimensionConfig", "SweepConfig", "STAGES", "write_report", "table7_architectures",
            "h7_rows", "diffusion_hypotheses"]
 
 
-def study_data(ctx: StageContext):
-    return load_study_data(ctx.cfg("data.name"), ctx.cfg("data.path"), ctx.cfg("data.seed"), ctx.cfg("data.subset"),
-                           ctx.cfg("data.train_fraction"), ctx.cfg("data.mnist1d_samples"))
+@dataclass(frozen=True)
+class SweepConfig:
+    """``[sweep]``: the Table-7 architectures (``rows``: 0-based rows to train, () = all 18),
+    ``seeds`` per architecture, trained ``epochs`` with the ``[train]`` optimizer settings."""
+
+    enabled: bool = True
+    rows: tuple[int, ...] = ()
+    seeds: int = 1
+    epochs: int = 250
+
+    def __post_init__(self):
+        for i, r in enumerate(self.rows):
+            check_int(f"rows[{i}]", r, 0)
+        check_int("seeds", self.seeds, 1)
+        check_int("epochs", self.epochs, 1)
 
 
-def llc_settings(ctx: StageContext) -> LLCSettings:
-    return LLCSettings(every=ctx.cfg("llc.every"), epsilon=ctx.cfg("llc.epsilon"), gamma=ctx.cfg("llc.gamma"),
-                       num_chains=ctx.cfg("llc.num_chains"), num_draws=ctx.cfg("llc.num_draws"),
-                       num_burnin=ctx.cfg("llc.num_burnin"), steps_bw_draws=ctx.cfg("llc.steps_bw_draws"),
-                       batch_size=ctx.cfg("llc.batch_size"), nbeta=ctx.cfg("llc.nbeta"), seed=ctx.cfg("llc.seed"),
-                       last=ctx.cfg("llc.last"))
+@dataclass(frozen=True)
+class SpectralDimensionConfig(StudyConfig):
+    """The sections of ``studies/spectral_dimension.toml``."""
+
+    data: MNISTFamilyData = field(default_factory=MNISTFamilyData)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden=(128, 64, 32)))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    llc: LLCConfig = field(default_factory=LLCConfig.paper)
+    llc_schedule: LLCSchedule = field(default_factory=LLCSchedule)
+    fit: FitConfig = field(default_factory=FitConfig)
+    h7: H7Config = field(default_factory=H7Config)
+    analysis: BootstrapConfig = field(default_factory=BootstrapConfig)
+    report: CurvesReport = field(default_factory=lambda: CurvesReport(max_curves=8))
+
+    def input_files(self):
+        return self.data.input_files()
+
+    def preflight(self) -> None:
+        n = self.data.load().n_train
+        self.train.check_data(n, f"data.name = {self.data.name!r}")
+        steps = {"train": self.train.n_steps(n)}
+        if self.sweep.enabled:
+            steps["sweep"] = self.sweep.epochs * (n // self.train.batch_size)
+        for what, k in steps.items():
+            if k < self.llc_schedule.every:
+                raise ValueError(f"llc_schedule.every = {self.llc_schedule.every} exceeds the {k} steps of the "
+                                 f"{what} runs: no λ̂ would be estimated; lower it or train longer")
 
 
-def fit_settings(ctx: StageContext) -> FitSettings:
-    return FitSettings(method=ctx.cfg("fit.method"), n_boot=ctx.cfg("fit.n_boot"), n_grid=ctx.cfg("fit.n_grid"),
-                       level=ctx.cfg("fit.level"), seed=ctx.cfg("fit.seed"))
+CONFIG = SpectralDimensionConfig
 
 
 def table7_architectures(rows: list[int]) -> pd.DataFrame:
@@ -73,45 +117,31 @@ def table7_architectures(rows: list[int]) -> pd.DataFrame:
     return t7
 
 
-def _steps(epochs: int, n_train: int, batch: int) -> int:
-    spe = n_train // batch
-    if spe < 1:
-        raise ValueError(f"batch size {batch} > {n_train} training examples")
-    return int(epochs * spe)
-
-
-# --------------------------------------------------------------------------- stages 1-2
-
 def stage_train(ctx: StageContext) -> dict[str, Any]:
-    data = study_data(ctx)
-    off, K = ctx.cfg("train.seed_offset"), ctx.cfg("train.seeds")
-    steps = _steps(ctx.cfg("train.epochs"), data.n_train, ctx.cfg("train.batch_size"))
-    cell = CellSpec(hidden=tuple(ctx.cfg("model.hidden")), optimizer="sgd", lr=ctx.cfg("train.lr"),
-                    momentum=ctx.cfg("train.momentum"), batch_size=ctx.cfg("train.batch_size"), steps=steps,
-                    seeds=tuple(range(off, off + K)), record_every=ctx.cfg("train.record_every"))
-    out = train_cell(data.to(ctx.device), cell, llc_settings(ctx), ctx.device)
+    c = ctx.config
+    data = c.data.load()
+    ecfg = sgd_ensemble(c.data, c.model, c.train, data.n_train, ctx.device)
+    out = train_cell(data.to(ctx.device), ecfg, c.llc, c.llc_schedule.every)
     out["data_meta"] = {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))}
     out["n_train"], out["n_test"], out["n_features"] = data.n_train, int(data.x_test.shape[0]), data.n_features
-    out["total_steps"] = steps
-    ctx.log(f"    {K} runs x {steps} steps; test acc {np.mean(out['final_test_acc']):.3f}; "
+    out["total_steps"] = ecfg.steps
+    out["divergence"] = divergence_summary(out["diverged"], out["diverged_step"], [f"seed {s}" for s in out["seeds"]])
+    ctx.log(f"    {len(ecfg.seeds)} runs x {ecfg.steps} steps; test acc {np.nanmean(out['final_test_acc']):.3f}; "
             f"λ̂ estimates {out['llc'].shape[1]} per run; {out['wall_s']:.1f} s")
     return out
 
 
 def stage_sweep(ctx: StageContext) -> dict[str, Any]:
-    if not ctx.cfg("sweep.enabled"):
+    c = ctx.config
+    if not c.sweep.enabled:
         return {"enabled": False}
-    data = study_data(ctx).to(ctx.device)
-    t7 = table7_architectures(list(ctx.cfg("sweep.rows")))
-    steps = _steps(ctx.cfg("sweep.epochs"), data.n_train, ctx.cfg("train.batch_size"))
-    S = ctx.cfg("sweep.seeds")
-    off = ctx.cfg("train.seed_offset")
+    data = c.data.load(ctx.device)
+    t7 = table7_architectures(list(c.sweep.rows))
+    sweep_train = replace(c.train, seeds=c.sweep.seeds, steps=0, epochs=c.sweep.epochs)
+    base = sgd_ensemble(c.data, c.model, sweep_train, data.n_train, ctx.device)
     cells = []
     for i, r in t7.iterrows():
-        cell = CellSpec(hidden=tuple(r["hidden"]), optimizer="sgd", lr=ctx.cfg("train.lr"),
-                        momentum=ctx.cfg("train.momentum"), batch_size=ctx.cfg("train.batch_size"), steps=steps,
-                        seeds=tuple(range(off, off + S)), record_every=ctx.cfg("train.record_every"))
-        res = train_cell(data, cell, llc_settings(ctx), ctx.device)
+        res = train_cell(data, replace(base, widths=(None, *r["hidden"], None)), c.llc, c.llc_schedule.every)
         cells.append(res)
         ctx.log(f"    Table 7 row {int(r['row'])}: {res['widths']} ({res['n_params']} params) {res['wall_s']:.1f} s")
     G = min(c["displacement"].shape[1] for c in cells)
@@ -125,7 +155,8 @@ def stage_sweep(ctx: StageContext) -> dict[str, Any]:
         "llc_std": np.stack([c["llc_std"] for c in cells]),
         "final_test_acc": np.stack([c["final_test_acc"] for c in cells]),
         "final_train_acc": np.stack([c["final_train_acc"] for c in cells]),
-        "diverged": np.stack([c["diverged"] for c in cells]), "total_steps": steps,
+        "diverged": np.stack([c["diverged"] for c in cells]),
+        "diverged_step": np.stack([c["diverged_step"] for c in cells]), "total_steps": base.steps,
         "wall_s_per_arch": np.asarray([c["wall_s"] for c in cells]),
     }
 
@@ -202,10 +233,10 @@ def h7_rows(runs: pd.DataFrame, pred: dict, margin: float, level: float, n_boot:
     return rows, {"regressions": tab.to_dict(orient="list")}
 
 
-def _run_table(steps, disp, llc_arr, fs: FitSettings, ids, last: int):
+def _run_table(steps, disp, llc_arr, fs: FitConfig, ids, last: int, positions):
     summ = llc_summaries(llc_arr, last)
     runs = fit_runs(steps, disp, fs, ids, llc=summ["llc_final"], llc_se=summ["llc_final_se"],
-                    llc_mean=summ["llc_mean"], llc_mean_se=summ["llc_mean_se"])
+                    llc_mean=summ["llc_mean"], llc_mean_se=summ["llc_mean_se"], positions=positions)
     runs["n_negative_estimates"] = summ["n_negative_estimates"]
     return runs
 
@@ -215,14 +246,15 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     from ..stats.regression import cross_run_regressions
 
     tr, sw = ctx["train"], ctx["sweep"]
-    fs = fit_settings(ctx)
-    level, seed, n_boot = fs.level, ctx.cfg("analysis.seed"), ctx.cfg("analysis.n_boot")
-    last = ctx.cfg("llc.last")
+    c = ctx.config
+    fs = c.fit
+    level, seed, n_boot = fs.level, c.analysis.seed, c.analysis.n_boot
+    last = c.llc_schedule.last
     steps = np.asarray(tr["steps"], float)
     ok = ~np.asarray(tr["diverged"], bool)
     disp = np.asarray(tr["displacement"], float)[ok]
     ids = [int(s) for s in np.asarray(tr["seeds"])[ok]]
-    runs = _run_table(steps, disp, np.asarray(tr["llc"], float)[ok], fs, ids, last)
+    runs = _run_table(steps, disp, np.asarray(tr["llc"], float)[ok], fs, ids, last, np.flatnonzero(ok))
     runs["test_acc"] = np.asarray(tr["final_test_acc"])[ok]
     runs["R_final"] = disp[:, -1]
     notes = []
@@ -230,8 +262,8 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
         notes.append(f"{int((~ok).sum())} diverged runs left out of every analysis")
     fitted = runs[runs["fit_error"] == ""].reset_index(drop=True)
     hyps, per = diffusion_hypotheses(fitted, level, seed)
-    pred = h7_prediction(steps, disp[(runs["fit_error"] == "").to_numpy()], ctx.cfg("h7.split"), fs)
-    h7, h7extra = h7_rows(fitted, pred, ctx.cfg("h7.margin"), level, n_boot, seed)
+    pred = h7_prediction(steps, disp[(runs["fit_error"] == "").to_numpy()], c.h7.split, fs)
+    h7, h7extra = h7_rows(fitted, pred, c.h7.margin, level, n_boot, seed)
     hyps += h7
     reg = cross_run_regressions(fitted, [("d_s", "llc"), ("d_s", "llc_mean"), ("late_d_s", "llc")],
                                 eiv=[("d_s", "llc")], eiv_se={"d_s": "d_s_se", "llc": "llc_se"},
@@ -266,12 +298,22 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
         A, S, G = np.asarray(sw["displacement"]).shape
         sruns_all = []
         for a in range(A):
-            r = _run_table(np.asarray(sw["steps"], float), np.asarray(sw["displacement"][a], float),
-                           np.asarray(sw["llc"][a], float), fs, [f"T7-{int(sw['rows'][a])}/s{s}" for s in range(S)], last)
+            keep = ~np.asarray(sw["diverged"][a], bool)  # diverged sweep runs are left out like the others
+            if not keep.any():
+                continue
+            r = _run_table(np.asarray(sw["steps"], float), np.asarray(sw["displacement"][a], float)[keep],
+                           np.asarray(sw["llc"][a], float)[keep], fs,
+                           [f"T7-{int(sw['rows'][a])}/s{s}" for s in np.flatnonzero(keep)], last, np.flatnonzero(keep))
             r["arch"] = a
             r["row"] = int(sw["rows"][a])
-            r["test_acc"] = np.asarray(sw["final_test_acc"][a])
+            r["test_acc"] = np.asarray(sw["final_test_acc"][a])[keep]
             sruns_all.append(r)
+        n_sweep_diverged = int(np.asarray(sw["diverged"], bool).sum())
+        if n_sweep_diverged:
+            notes.append(f"{n_sweep_diverged} of {A * S} sweep runs diverged; left out of the sweep analysis")
+        if not sruns_all:  # every sweep run diverged: nothing to analyse (the note says so)
+            out["sweep"] = {"enabled": False, "all_diverged": True}
+            return out
         sruns = pd.concat(sruns_all, ignore_index=True)
         sfit = sruns[sruns["fit_error"] == ""].reset_index(drop=True)
         arch = []
@@ -308,10 +350,15 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
+def _no_run_left(ctx: StageContext):
+    d = ctx["train"]["divergence"]
+    return f"all {d['n_runs']} seeds diverged" if d["all_diverged"] else None
+
+
 STAGES = [
     Stage("train", stage_train, "train the identical-architecture ensemble with λ̂ along training"),
-    Stage("sweep", stage_sweep, "train the Table-7 architectures with λ̂ along training"),
-    Stage("analysis", stage_analysis, "per-run d_s, λ, λ̄; H1-H3, H7; regressions"),
+    Stage("sweep", stage_sweep, "train the Table-7 architectures with λ̂ along training", skip=_no_run_left),
+    Stage("analysis", stage_analysis, "per-run d_s, λ, λ̄; H1-H3, H7; regressions", skip=_no_run_left),
 ]
 
 

@@ -19,7 +19,13 @@ import numpy as np  # noqa: E402
 from ..runner.cache import to_jsonable  # noqa: E402
 from .markdown import atomic_savefig, md_table  # noqa: E402
 from .pc_report import fmt, fmt_ci  # noqa: E402
-from .study_report import package_versions, preset_label, write_study_report  # noqa: E402
+from .study_report import (  # noqa: E402
+    divergence_sentence,
+    package_versions,
+    preset_label,
+    write_skipped_report,
+    write_study_report,
+)
 
 __all__ = ["write_anomalous_diffusion", "write_spectral_dimension", "write_ablations",
            "render_anomalous_diffusion", "render_spectral_dimension", "render_ablations", "EQUIVALENCE_NOTE"]
@@ -49,7 +55,7 @@ def _header(ctx) -> dict:
     threads = sorted({int(info["torch_threads"]) for s, info in ctx.stage_info.items()
                       if not s.startswith("_") and info.get("torch_threads") is not None})
     return {"study": ctx.study.name, "title": ctx.study.title, "presets": ctx.presets, "sets": ctx.sets,
-            "config_hash": ctx.config_hash, "config": ctx.config, "device": ctx.device,
+            "config_hash": ctx.config_hash, "config": ctx.config_dict, "device": ctx.device,
             "torch_threads": "/".join(map(str, threads)) or "n/a",
             "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": _versions(), "timing": _timing(ctx)}
 
@@ -94,6 +100,12 @@ def _methods_common(r: dict) -> list[str]:
     ]
 
 
+def _sgd(cfg: dict) -> str:
+    """'plain SGD', or 'SGD with momentum m' when train.momentum > 0."""
+    m = cfg["train"].get("momentum", 0.0)
+    return "plain SGD" if not m else f"SGD with momentum {fmt(m)}"
+
+
 def _stat_cell(s: dict) -> str:
     """'median [CI] (mean ± sd, n)' of a stats_of dict."""
     if not s or s.get("n", 0) == 0:
@@ -130,6 +142,7 @@ def build_anomalous_diffusion(ctx) -> dict:
                      "test_acc_mean": float(np.mean(tr["final_test_acc"])),
                      "n_grid_points": int(np.size(tr["steps"]))},
         "hypotheses": an["hypotheses"], "summary": an["summary"], "mean_fit": an["mean_fit"], "notes": an["notes"],
+        "divergence": tr["divergence"],
         "prototype": {"alpha_whole": 0.70, "alpha_whole_pm": 0.05, "alpha_late": 0.39, "alpha_late_pm": 0.05,
                       "source": "SCIENCE.md §4 (prototype of this ensemble at the paper's settings)"},
         "slope_final": {"t": float(np.asarray(an["slope_t"], float)[-1]),
@@ -148,13 +161,13 @@ def build_anomalous_diffusion(ctx) -> dict:
 def _figures_ad(ctx, r: dict, figdir: Path) -> list[Path]:
     _style()
     tr, an = ctx["train"], ctx["analysis"]
-    dpi = int(ctx.cfg("report.dpi", 110))
+    dpi = ctx.config.report.dpi
     t = np.asarray(an["curve_steps"], float)
     out = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     disp = np.asarray(tr["displacement"], float)
-    show = np.linspace(0, disp.shape[0] - 1, min(disp.shape[0], int(ctx.cfg("report.max_curves", 60)))).astype(int)
+    show = np.linspace(0, disp.shape[0] - 1, min(disp.shape[0], ctx.config.report.max_curves)).astype(int)
     for k in show:
         ax.plot(t, disp[k], color="#999999", lw=0.3, alpha=0.4)
     ax.fill_between(t, an["curve_q05"], an["curve_q95"], color="#1f77b4", alpha=0.15, label="5–95 % of runs")
@@ -212,6 +225,7 @@ def render_anomalous_diffusion(r: dict) -> str:
       + f"; {cfg['train']['seeds']} seeds; device {r['device']}; config hash `{r['config_hash']}`; generated "
       f"{r['generated']}; total wall time {fmt(r['wall_total_s'])} s. Every number below is read from "
       f"`results.json` beside this file.\n")
+    a(divergence_sentence(r.get("divergence")) + "\n")
     a("## Verdicts\n")
     a(_verdict_table(r["hypotheses"], level))
     a("")
@@ -267,7 +281,7 @@ def render_anomalous_diffusion(r: dict) -> str:
     a(f"- **Data / model / SGD** (paper App G.4): `make_moons`, n = {cfg['data']['n']}, noise "
       f"{fmt(cfg['data']['noise'])}, data seed {cfg['data']['seed']}; MLP 2→{'→'.join(map(str, cfg['model']['hidden']))}→2 "
       f"ReLU ({r['ensemble']['n_params']} parameters), PyTorch default init, seeds {cfg['train']['seed_offset']}.."
-      f"{cfg['train']['seed_offset'] + cfg['train']['seeds'] - 1}; plain SGD lr {fmt(cfg['train']['lr'])}, batch "
+      f"{cfg['train']['seed_offset'] + cfg['train']['seeds'] - 1}; {_sgd(cfg)} lr {fmt(cfg['train']['lr'])}, batch "
       f"{cfg['train']['batch_size']} (per-seed shuffles, drop_last), {cfg['train']['steps']} steps; all seeds trained "
       f"as one batched computation. Mean final train accuracy {fmt(r['ensemble']['train_acc_mean'])}, test "
       f"{fmt(r['ensemble']['test_acc_mean'])}.")
@@ -285,7 +299,7 @@ def render_anomalous_diffusion(r: dict) -> str:
       f"Verdict rule: supported when the Wilcoxon p < {fmt(1 - level)} and the upper bound of the median is < 0.")
     a(f"- **Mean curve**: mean over runs of R(t) (band: t-interval of the mean; 5–95 % quantiles of runs). Brownian "
       f"reference R_B(t) = R̄(1)·t^½. Local slope: OLS of ln R on ln t over |Δ ln t| ≤ "
-      f"{fmt(cfg['fit']['local_slope_halfwidth'])} around each of 64 log-spaced steps.")
+      f"{fmt(cfg['analysis']['local_slope_halfwidth'])} around each of 64 log-spaced steps.")
     L.extend(_methods_common(r))
     a("\nWall time per stage (when it was computed):\n")
     a(_timing_table(r))
@@ -306,6 +320,8 @@ def render_anomalous_diffusion(r: dict) -> str:
 
 
 def write_anomalous_diffusion(ctx) -> Path:
+    if ctx["analysis"].get("skipped"):  # every run diverged: a report that says so
+        return write_skipped_report(ctx, ctx["train"]["divergence"], ctx["analysis"]["skipped"])
     return write_study_report(ctx, build_anomalous_diffusion, _figures_ad, render_anomalous_diffusion)
 
 
@@ -332,16 +348,16 @@ def build_spectral_dimension(ctx) -> dict:
                 "r2": runs["r2"][i], "t_c": runs["t_c"][i], "test_acc": runs["test_acc"][i]}
                for i in range(len(runs["run"]))]
     r.update({
-        "data": {"name": ctx.cfg("data.name"), "n_train": int(tr["n_train"]), "n_test": int(tr["n_test"]),
+        "data": {"name": ctx.config.data.name, "n_train": int(tr["n_train"]), "n_test": int(tr["n_test"]),
                  "n_features": int(tr["n_features"]), "meta": tr["data_meta"]},
         "ensemble": {"n_runs": int(np.size(tr["seeds"])), "n_params": int(tr["n_params"]), "widths": tr["widths"],
                      "total_steps": int(tr["total_steps"]), "nbeta": float(tr["nbeta"]),
                      "llc_trend_flags": int(tr["llc_trend_flags"]), "llc_n_estimates": int(tr["llc_n_estimates"]),
-                     "relaxation_steps": 2.0 / (ctx.cfg("llc.epsilon") * ctx.cfg("llc.gamma"))},
+                     "relaxation_steps": 2.0 / (ctx.config.llc.step_size * ctx.config.llc.localization)},
         "hypotheses": an["hypotheses"], "summary": an["summary"], "paper_table8": an["paper_table8"],
         "regressions": an["regressions"], "h7_regressions": an["h7_regressions"], "per_run": per_run,
         "llc_nonpositive": an["llc_nonpositive"], "sweep": {k: v for k, v in an["sweep"].items() if k != "runs"},
-        "notes": an["notes"],
+        "notes": an["notes"], "divergence": tr["divergence"],
     })
     return to_jsonable(r)
 
@@ -349,7 +365,7 @@ def build_spectral_dimension(ctx) -> dict:
 def _figures_sd(ctx, r: dict, figdir: Path) -> list[Path]:
     _style()
     tr, an = ctx["train"], ctx["analysis"]
-    dpi = int(ctx.cfg("report.dpi", 110))
+    dpi = ctx.config.report.dpi
     out = []
     runs = an["runs"]
     lam, ds = _arr(runs["llc"]), _arr(runs["d_s"])
@@ -384,9 +400,9 @@ def _figures_sd(ctx, r: dict, figdir: Path) -> list[Path]:
     axes[0].set_xlabel("R²"); axes[0].set_ylabel("runs"); axes[0].set_title("Fig 18 analogue", fontsize=9)
     axes[0].legend(fontsize=6)
     steps = np.asarray(tr["steps"], float)
-    disp = np.asarray(tr["displacement"], float)
-    split = ctx.cfg("h7.split") * steps[-1]
-    show = np.arange(min(disp.shape[0], int(ctx.cfg("report.max_curves", 8))))
+    disp = np.asarray(tr["displacement"], float)[~np.asarray(tr["diverged"], bool)]  # diverged runs left out
+    split = ctx.config.h7.split * steps[-1]
+    show = np.arange(min(disp.shape[0], ctx.config.report.max_curves))
     from ..stats.diffusion import fit_loglog, log_grid
 
     for j, k in enumerate(show):
@@ -415,7 +431,7 @@ def _figures_sd(ctx, r: dict, figdir: Path) -> list[Path]:
         axes[0].plot(ls, L[k], lw=0.7, alpha=0.7)
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_xlabel("step"); axes[0].set_ylabel(r"$\hat\lambda$ along training")
-    axes[0].set_title("LLC estimates along training (every llc.every steps)", fontsize=9)
+    axes[0].set_title("LLC estimates along training (every llc_schedule.every steps)", fontsize=9)
     axes[1].plot(_arr(runs["llc"]), np.asarray(pred["R_true_final"], float), "o", ms=3)
     axes[1].set_xlabel(r"final $\lambda$"); axes[1].set_ylabel("final displacement R_T")
     axes[1].set_title("H7 / Fig 17: displacement vs λ", fontsize=9)
@@ -437,12 +453,13 @@ def render_spectral_dimension(r: dict) -> str:
     if r["presets"] != ["paper"]:
         a("*This is not the paper's configuration*: see Methods for every difference; `--preset paper` runs App "
           "G.1's settings (documented for a GPU; `--device auto` picks CUDA when present).\n")
+    a(divergence_sentence(r.get("divergence")) + "\n")
     a("## Verdicts\n")
     a(_verdict_table(r["hypotheses"], level))
     a("")
     a(EQUIVALENCE_NOTE + "\n")
     a("**Summary.**\n")
-    a(f"- λ (final, mean of last {cfg['llc']['last']}): median {fmt(s['llc_final']['median'])} "
+    a(f"- λ (final, mean of last {cfg['llc_schedule']['last']}): median {fmt(s['llc_final']['median'])} "
       f"{fmt_ci(s['llc_final']['median_ci'])}; λ̄: median {fmt(s['llc_mean']['median'])} {fmt_ci(s['llc_mean']['median_ci'])}; "
       f"**{s['n_llc_nonpositive']} of {s['n_fitted']} runs have λ ≤ 0** (listed below); "
       f"{s['n_negative_estimates']} of {s['n_estimates']} individual estimates along training were negative.")
@@ -521,10 +538,10 @@ def render_spectral_dimension(r: dict) -> str:
           f"784 replaced by {d['n_features']}, output 10 appended; the stray '1' in row 8's '784, 128, 64 1' is read as a "
           f"footnote marker), {cfg['sweep']['seeds']} seed(s) each, {cfg['sweep']['epochs']} epochs (paper 250), other "
           f"settings as above.")
-    a(f"- **LLC** (eq 25, batched localized SGLD, Table 3 kernel): every {cfg['llc']['every']} steps, ε = "
-      f"{fmt(cfg['llc']['epsilon'])}, γ = {fmt(cfg['llc']['gamma'])}, {cfg['llc']['num_chains']} chain(s) × "
-      f"{cfg['llc']['num_draws']} draws, {cfg['llc']['num_burnin']} burn-in, SGLD batch {cfg['llc']['batch_size']}, "
-      f"**nβ = {fmt(e['nbeta'])}** ({cfg['llc']['nbeta']}). Final λ = mean of the last {cfg['llc']['last']} estimates "
+    a(f"- **LLC** (eq 25, batched localized SGLD, Table 3 kernel): every {cfg['llc_schedule']['every']} steps, ε = "
+      f"{fmt(cfg['llc']['step_size'])}, γ = {fmt(cfg['llc']['localization'])}, {cfg['llc']['num_chains']} chain(s) × "
+      f"{cfg['llc']['num_draws']} draws, {cfg['llc']['num_burnin_steps']} burn-in, SGLD batch {cfg['llc']['batch_size']}, "
+      f"**nβ = {fmt(e['nbeta'])}** ({cfg['llc']['nbeta']}). Final λ = mean of the last {cfg['llc_schedule']['last']} estimates "
       f"(App G.1), se = their std/√count (successive estimates are autocorrelated, so this se is optimistic); λ̄ = "
       f"mean of all estimates (Cor 3.3). Localization relaxation time 2/(εγ) = {fmt(e['relaxation_steps'])} steps vs "
       f"{cfg['llc']['num_draws']} draws: the chains may not equilibrate; {e['llc_trend_flags']} of "
@@ -557,6 +574,8 @@ def render_spectral_dimension(r: dict) -> str:
 
 
 def write_spectral_dimension(ctx) -> Path:
+    if ctx["analysis"].get("skipped"):  # every run diverged: a report that says so
+        return write_skipped_report(ctx, ctx["train"]["divergence"], ctx["analysis"]["skipped"])
     return write_study_report(ctx, build_spectral_dimension, _figures_sd, render_spectral_dimension)
 
 
@@ -566,12 +585,13 @@ def build_ablations(ctx) -> dict:
     tr, an = ctx["train"], ctx["analysis"]
     r = _header(ctx)
     r.update({
-        "data": {"name": ctx.cfg("data.name"), "n_train": int(tr["n_train"]), "n_test": int(tr["n_test"]),
+        "data": {"name": ctx.config.data.name, "n_train": int(tr["n_train"]), "n_test": int(tr["n_test"]),
                  "n_features": int(tr["n_features"]), "meta": tr["data_meta"]},
         "model": {"widths": tr["widths"], "n_params": int(tr["n_params"]), "nbeta": float(tr["nbeta"])},
         "hypotheses": an["hypotheses"], "app_h": an["app_h"], "correlations": an["correlations"], "h6": an["h6"],
         "h6_adam": an["h6_adam"], "n_runs": an["n_runs"], "n_fitted": an["n_fitted"], "cells": an["cells"],
         "cell_wall_s": list(np.asarray(tr["cell_wall_s"], float)), "notes": an["notes"],
+        "divergence": tr["divergence"],
         "paper_app_h_source": "paper App H table (transcribed; not among sgdbayes.paper's tables)",
     })
     return to_jsonable(r)
@@ -580,7 +600,7 @@ def build_ablations(ctx) -> dict:
 def _figures_ab(ctx, r: dict, figdir: Path) -> list[Path]:
     _style()
     an = ctx["analysis"]
-    dpi = int(ctx.cfg("report.dpi", 110))
+    dpi = ctx.config.report.dpi
     import pandas as pd
 
     df = pd.DataFrame({k: _arr(v) if k not in ("label", "family", "optimizer", "run", "fit_error", "notes", "method",
@@ -650,6 +670,7 @@ def render_ablations(r: dict) -> str:
     if r["presets"] != ["paper"]:
         a("*This is not the paper's configuration*; `--preset paper` runs the App G.1 settings over the stated grid "
           "(documented for a GPU).\n")
+    a(divergence_sentence(r.get("divergence")) + "\n")
     a("## Verdicts\n")
     a(_verdict_table(r["hypotheses"], level))
     a("")
@@ -703,10 +724,10 @@ def render_ablations(r: dict) -> str:
       + (f"; Adam (β = 0.9, 0.999, ε = 1e-8) × lr {g['lrs_adam']}" if g["adam"] else "") + f"; × batch size "
       f"{g['batch_sizes']}; " + (f"{g['steps']} steps per cell" if g["steps"] else f"{g['epochs']} epochs per cell")
       + "; constant learning rate, no weight decay.")
-    a(f"- **LLC** along training every {cfg['llc']['every']} steps: ε = {fmt(cfg['llc']['epsilon'])}, γ = "
-      f"{fmt(cfg['llc']['gamma'])}, {cfg['llc']['num_chains']} chain(s) × {cfg['llc']['num_draws']} draws, SGLD batch "
+    a(f"- **LLC** along training every {cfg['llc_schedule']['every']} steps: ε = {fmt(cfg['llc']['step_size'])}, γ = "
+      f"{fmt(cfg['llc']['localization'])}, {cfg['llc']['num_chains']} chain(s) × {cfg['llc']['num_draws']} draws, SGLD batch "
       f"{cfg['llc']['batch_size']}, nβ = {fmt(r['model']['nbeta'])} ({cfg['llc']['nbeta']}); final λ = mean of the last "
-      f"{cfg['llc']['last']} estimates (se = std/√count, optimistic); the same LLC estimator for Adam runs (the paper "
+      f"{cfg['llc_schedule']['last']} estimates (se = std/√count, optimistic); the same LLC estimator for Adam runs (the paper "
       f"notes Adam changes the metric, App H.0.1).")
     a(f"- **d_s** = 2λα from the whole-range eq-17 fit (`{cfg['fit']['method']}`, {cfg['fit']['n_boot']} bootstrap "
       f"resamples), delta-method intervals. Correlations: OLS with HC3, Spearman with {cfg['analysis']['n_boot']} "
@@ -728,4 +749,6 @@ def render_ablations(r: dict) -> str:
 
 
 def write_ablations(ctx) -> Path:
+    if ctx["analysis"].get("skipped"):  # every run diverged: a report that says so
+        return write_skipped_report(ctx, ctx["train"]["divergence"], ctx["analysis"]["skipped"])
     return write_study_report(ctx, build_ablations, _figures_ab, render_ablations)

@@ -17,11 +17,10 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
-from .._io import atomic_directory, atomic_write_text
+from .._io import atomic_directory, atomic_write_text, temp_sibling
 
 __all__ = ["fmt_num", "fmt_ci", "fmt_p", "md_table", "atomic_write_text", "atomic_savefig",
            "atomic_directory", "versions_block"]
@@ -87,8 +86,7 @@ def atomic_savefig(fig, path: PathLike, dpi: int = 120, close: bool = True, bbox
     """``fig.savefig`` to a temp file next to ``path``, then rename; closes the figure by default."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
+    tmp = temp_sibling(path, suffix=path.suffix or ".png")  # mode 0666 minus umask, not mkstemp's 0600
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches, **kwargs)
         os.replace(tmp, path)

@@ -21,7 +21,7 @@ import numpy as np
 from ..runner.cache import to_jsonable
 from . import figures as F
 from .markdown import md_table
-from .study_report import package_versions, preset_label, write_study_report
+from .study_report import divergence_sentence, package_versions, preset_label, write_skipped_report, write_study_report
 
 __all__ = ["write_report", "build_results", "render_markdown", "fmt", "PAPER_TABLE2_FALLBACK"]
 
@@ -101,7 +101,7 @@ def _stats(v: np.ndarray) -> dict:
 
 def build_results(ctx) -> dict:
     tr, ll, cu, sg, an = (ctx[s] for s in ("train", "llc", "cluster", "sgld", "analysis"))
-    cfg = ctx.config
+    cfg = ctx.config_dict
     used = cu["used_index"]
     K_all = int(tr["seeds"].size)
     llc_all = np.asarray(ll["llc"], float)
@@ -141,7 +141,7 @@ def build_results(ctx) -> dict:
             "n_trend_flag": int(np.sum(ll["trend_flag"])), "trend_z_threshold": float(ll["trend_z_threshold"]),
             "trend_z": _stats(ll["trend_z"]), "trend_rel": _stats(ll["trend_rel"]),
             "n_all_diverged": int(np.sum(ll["all_diverged"])), "chain_std": _stats(ll["llc_std"]),
-            "relaxation_steps": 2.0 / (cfg["llc"]["epsilon"] * cfg["llc"]["gamma"]),
+            "relaxation_steps": 2.0 / (cfg["llc"]["step_size"] * cfg["llc"]["localization"]),
             "settings": ll["settings"],
         },
         "structure": {**cu["structure"], "partition_kind": cu["partition_kind"],
@@ -167,7 +167,7 @@ def build_results(ctx) -> dict:
         },
         "table2": table2, "table2_notes": t2_notes, "paper_table2": paper_t2, "paper_table2_source": paper_src,
         "gtest": an["gtest"], "gtest_ess": an["gtest_ess"], "h4": an["h4"],
-        "hypotheses": an["hypotheses"], "notes": an["notes"],
+        "hypotheses": an["hypotheses"], "notes": an["notes"], "divergence": tr["divergence"],
         "alpha": {"late": _stats(an["alpha"]), "whole": _stats(an["alpha_whole"]),
                   "window": cfg["analysis"]["alpha_window"]},
     }
@@ -243,6 +243,7 @@ def render_markdown(r: dict) -> str:
     a(preset_label(r)
       + f"; {cfg['train']['seeds']} seeds; device {r['device']}; config hash `{r['config_hash']}`; "
       f"generated {r['generated']}. Every number below is read from `results.json` beside this file.\n")
+    a(divergence_sentence(r.get("divergence")) + "\n")
     a("## Verdicts\n")
     rows = [[x["id"], x["claim"], x["statistic"], fmt(x["value"]), fmt_ci(x["ci"]),
              fmt(x["pvalue"]) + (f" ({x['p_label']})" if x.get("pvalue") is not None else ""), x["verdict"]]
@@ -341,16 +342,17 @@ def render_markdown(r: dict) -> str:
       f"data seed {cfg['data']['seed']} (test set: the next 512 points of the same draw).")
     a(f"- **Model / SGD**: MLP 2→{'→'.join(map(str, cfg['model']['hidden']))}→2, ReLU, {ens['n_params']} parameters, "
       f"PyTorch default init with seeds {cfg['train']['seed_offset']}..{cfg['train']['seed_offset'] + cfg['train']['seeds'] - 1}; "
-      f"plain SGD lr {fmt(cfg['train']['lr'])}, batch {cfg['train']['batch_size']} (without replacement, per-seed "
+      f"{'plain SGD' if not cfg['train']['momentum'] else 'SGD with momentum ' + fmt(cfg['train']['momentum'])} "
+      f"lr {fmt(cfg['train']['lr'])}, batch {cfg['train']['batch_size']} (without replacement, per-seed "
       f"order), {cfg['train']['steps']} steps; all seeds trained as one batched computation.")
     a(f"- **Convergence filter** (the paper has none stated): OLS slope of the recorded training loss (mean "
-      f"minibatch loss between record points, every {cfg['train']['log_every']} steps) over the last "
+      f"minibatch loss between record points, every {cfg['train']['record_every']} steps) over the last "
       f"{fmt(100 * ens['window'])} % of steps, relative drop = −slope·window/mean loss; pass if < {fmt(ens['rel_tol'])}. "
       f"{ens['n_pass']} of {ens['n_runs']} runs pass (median relative drop {fmt(ens['rel_drop']['median'])}); filter "
       f"{ens['filter_status']}; {ens['n_used']} runs used downstream.")
-    a(f"- **LLC** (eq 25, batched localized SGLD matching devinterp 1.x): ε = {fmt(cfg['llc']['epsilon'])}, "
-      f"γ = {fmt(cfg['llc']['gamma'])}, {cfg['llc']['num_chains']} chain(s), {cfg['llc']['num_draws']} draws, "
-      f"{cfg['llc']['num_burnin']} burn-in, {cfg['llc']['steps_bw_draws']} step(s) between draws, SGLD batch "
+    a(f"- **LLC** (eq 25, batched localized SGLD matching devinterp 1.x): ε = {fmt(cfg['llc']['step_size'])}, "
+      f"γ = {fmt(cfg['llc']['localization'])}, {cfg['llc']['num_chains']} chain(s), {cfg['llc']['num_draws']} draws, "
+      f"{cfg['llc']['num_burnin_steps']} burn-in, {cfg['llc']['num_steps_bw_draws']} step(s) between draws, SGLD batch "
       f"{cfg['llc']['batch_size']}, **nβ = {fmt(lc['nbeta'])}** ({lc['nbeta_rule']}). Localization relaxation time "
       f"2/(εγ) = {fmt(lc['relaxation_steps'])} steps vs {cfg['llc']['num_draws']} draws. Trend diagnostic: z of the "
       f"second-half minus first-half mean draw loss (autocorrelation-aware); flagged when |z| > "
@@ -376,9 +378,9 @@ def render_markdown(r: dict) -> str:
       f"d_walk = 1/α; per cluster log D_ξ = (2 − mean d_walk) log ξ.")
     a(f"- **ξ sweep / tempering**: γ = {fmt(cfg['tempering']['gamma'])}, m = {fmt(r['tempering']['m'])}; split-sample "
       f"seed {cfg['tempering']['split_seed']}; Table-2 bootstrap of P_temp keeps ξ* fixed (conditional on ξ*).")
-    a(f"- **SGLD** (Welling & Teh, temperature 1, nβ = n = {fmt(sg['nbeta'])}): ε = {fmt(cfg['sgld']['epsilon'])}, "
-      f"{cfg['sgld']['num_samples']} samples, {cfg['sgld']['burnin']} burn-in steps, {cfg['sgld']['thin']} steps "
-      f"between samples, batch {cfg['sgld']['batch_size']}; seeding `{cfg['sgld']['seeding']}`: {sg['selection']}. "
+    a(f"- **SGLD** (Welling & Teh, temperature {'1' if cfg['sgld']['temperature'] == 1 else fmt(cfg['sgld']['temperature'])}, nβ = n = {fmt(sg['nbeta'])}): ε = {fmt(cfg['sgld']['step_size'])}, "
+      f"{cfg['sgld']['num_samples']} samples, {cfg['sgld']['num_burnin_steps']} burn-in steps, {cfg['sgld']['num_steps_bw_samples']} steps "
+      f"between samples, batch {cfg['sgld']['batch_size']}; seeding `{cfg['sgld_starts']['rule']}`: {sg['selection']}. "
       f"Samples assigned to clusters by the fitted partition's predict (HDBSCAN approximate_predict or GMM).")
     a(f"- **Divergences**: natural log (nats). Smoothed KL: pseudocount {fmt(cfg['analysis']['pseudocount'])} on "
       f"counts (P_temp from smoothed SGD counts; P_F used as is). JS = divergence (not scipy's distance). W1 = "
@@ -422,7 +424,7 @@ def render_markdown(r: dict) -> str:
 
 def _figures(ctx, r: dict, figdir: Path) -> list[Path]:
     tr, ll, cu, sg, an = (ctx[s] for s in ("train", "llc", "cluster", "sgld", "analysis"))
-    dpi = int(ctx.cfg("report.dpi", 110))
+    dpi = ctx.config.report.dpi
     used = cu["used_index"]
     labels = cu["labels"]
     cats = list(cu["categories"])
@@ -440,10 +442,10 @@ def _figures(ctx, r: dict, figdir: Path) -> list[Path]:
     out.append(F.fig_loss_curves(figdir / "loss_curves.png", tr["steps"], tr["train_loss_curve"], tr["passed"],
                                  r["ensemble"]["window"], r["ensemble"]["rel_tol"], dpi))
     out.append(F.fig_sgld_traces(figdir / "sgld_traces.png", sg["loss_traces"], sg["labels"], names, cats,
-                                 sg["start_labels"], int(ctx.cfg("report.max_traces", 8)), dpi))
+                                 sg["start_labels"], ctx.config.report.max_traces, dpi))
     # input plane: the grid part of the probe
-    g = int(ctx.cfg("cluster.grid"))
-    n = int(ctx.cfg("data.n"))
+    g = ctx.config.cluster.grid
+    n = ctx.config.data.n
     probe = cu["probe"]
     grid_pts = probe[n:n + g * g]
     gx = grid_pts[:, 0].reshape(g, g)
@@ -460,9 +462,7 @@ def _figures(ctx, r: dict, figdir: Path) -> list[Path]:
         mean_prob.append(probs[sel].mean(0).reshape(g, g))
         show = rng.choice(sel, size=min(8, sel.size), replace=False)
         members.append([probs[k].reshape(g, g) for k in show])
-    from ..data import load_dataset
-
-    data = load_dataset(ctx.cfg("data.name"), n=n, noise=ctx.cfg("data.noise"), seed=ctx.cfg("data.seed"))
+    data = ctx.config.data.load()
     out.append(F.fig_clusters_plane(figdir / "clusters_input_plane.png", gx, gy, mean_prob, members, names,
                                     d["P_sgd"], data.x_train.numpy(), data.y_train.numpy(), dpi))
     emb2 = np.asarray(sg["embedding"])[..., :2].reshape(-1, 2)
@@ -472,4 +472,6 @@ def _figures(ctx, r: dict, figdir: Path) -> list[Path]:
 
 
 def write_report(ctx) -> Path:
+    if ctx["analysis"].get("skipped"):  # every run diverged: a report that says so
+        return write_skipped_report(ctx, ctx["train"]["divergence"], ctx["analysis"]["skipped"])
     return write_study_report(ctx, build_results, _figures, render_markdown)

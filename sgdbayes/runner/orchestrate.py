@@ -2,55 +2,69 @@
 
 A pipeline module (``[study] pipeline`` in the study's TOML) provides
 
-* ``STAGES``: a list of :class:`Stage` (name, function, description) run in order;
-  each function takes a :class:`StageContext` and returns a flat dict whose
-  values are numpy arrays or JSON-able objects (saved atomically by the cache);
-* ``write_report(ctx) -> Path``: renders the report from the stage outputs (it is
-  cheap and always re-run, so a cached rerun regenerates the report in seconds).
+* ``CONFIG``: its typed configuration class (a :class:`~sgdbayes.runner.typed.StudyConfig`
+  whose fields are the TOML sections); the runner builds it once, ``ctx.config`` is it;
+* ``STAGES``: a list of :class:`Stage` (name, function, description) run in order; each
+  function takes a :class:`StageContext` and returns a flat dict whose values are numpy
+  arrays or JSON-able objects (saved atomically by the cache);
+* ``write_report(ctx) -> Path``: renders the report from the stage outputs (cheap and
+  always re-run, so a cached rerun regenerates the report in seconds).
 
 Cache key and device
 --------------------
-The cache directory is ``<out>/cache/<hash>/`` with ``hash`` = sha256 of the
-resolved configuration minus the study's presentational keys (``report.*``).
-The number of seeds is part of the configuration, hence of the key. The device
-is deliberately *not* part of the key: it says where to compute, not what to
-compute, and a configuration's results computed on one device are reused when
-the same configuration is asked for on another (GPU kernels may differ from
-CPU ones in the last bits and in random streams, so numbers can differ
-slightly; ``--force`` recomputes on the device asked for). The device each stage
-actually ran on is recorded in the stage's ``_done.json`` and in the report's
-Methods.
+The cache directory is ``<cache>/<hash>/`` with ``hash`` = sha256 of the typed
+configuration's canonical dict minus the study's presentational sections (``report``),
+plus the content hashes of local input files (``data.path``). The number of seeds is part
+of the configuration, hence of the key. The device is deliberately *not* part of the key:
+it says where to compute, not what to compute, and a configuration's results computed on
+one device are reused when the same configuration is asked for on another (GPU kernels may
+differ from CPU ones in the last bits and in random streams; ``--force`` recomputes on the
+device asked for). The device each stage ran on is recorded in its ``_done.json`` and in
+the report's Methods.
 
-Stages run in order. A finished stage is loaded, not recomputed; once a stage is
-recomputed (``--force``, or it was never finished) every later stage is
-recomputed too, so outputs never mix two computations of an upstream stage.
+Stages run in order. A finished stage is loaded when its recorded identity (config hash,
+sgdbayes version, the computations of the earlier stages it read) matches this run; else,
+or when its files fail their checks, it is recomputed, and so is every later stage.
+
+Concurrency: the output folder and the cache entry are each held under an OS file lock for
+the whole run (see :mod:`sgdbayes.outdir`); a second process waits for the first.
 """
 from __future__ import annotations
 
 import importlib
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-from .cache import StageCache
-from .config import StudyDecl, config_hash, get_key, hashed_config, load_study, resolve_config
+from .cache import CacheEntryError, StageCache, to_jsonable
+from .config import StudyDecl, config_hash, get_path, hashed_config, load_study, resolve_config
+from .fingerprint import file_fingerprints, save_memo
+from .typed import ConfigError, config_to_dict
 
 __all__ = ["Stage", "StageContext", "RunResult", "run_study", "resolve_device", "default_out_dir"]
 
 
 @dataclass(frozen=True)
 class Stage:
+    """A named step of a study. ``skip(ctx)`` (optional) returns a reason when the stage has
+    nothing to work on (e.g. every seed diverged); the stage's output is then
+    ``{"skipped": reason}`` and the report says so."""
+
     name: str
     run: Callable[["StageContext"], dict]
     description: str = ""
+    skip: Optional[Callable[["StageContext"], Optional[str]]] = None
 
 
 @dataclass
 class StageContext:
+    """What a stage and the report see: the typed ``config`` and the earlier stages' outputs."""
+
     study: StudyDecl
-    config: dict
+    config: Any  # the pipeline's CONFIG instance
     presets: list[str]
     sets: list[str]
     config_hash: str
@@ -60,9 +74,12 @@ class StageContext:
     log: Callable[[str], None]
     outputs: dict[str, dict] = field(default_factory=dict)
     stage_info: dict[str, dict] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # local input file -> sha256
 
-    def cfg(self, key: str, default: Any = None) -> Any:
-        return get_key(self.config, key, default)
+    @property
+    def config_dict(self) -> dict:
+        """The canonical (JSON-able) nested dict of ``config``, as stored in results.json."""
+        return to_jsonable(config_to_dict(self.config))
 
     def __getitem__(self, stage: str) -> dict:
         return self.outputs[stage]
@@ -123,7 +140,7 @@ def default_out_dir(decl: StudyDecl, presets: list[str], customised: bool, hash_
 
     ``reports/NAME/variants/<presets>[-<hash8>]`` for any other preset or when
     ``--set``/``--seeds`` changed the configuration, so a variant never
-    overwrites the canonical (paper-preset) report.
+    overwrites the canonical (default-preset) report.
     """
     base = Path("reports") / decl.name
     if presets == [decl.default_preset] and not customised:
@@ -132,6 +149,73 @@ def default_out_dir(decl: StudyDecl, presets: list[str], customised: bool, hash_
     if customised:
         label += f"-{hash_[:8]}"
     return base / "variants" / label
+
+
+def _mismatch(info: dict, expected: dict) -> str | None:
+    """Why a cached stage may not be reused with this run (None: it may)."""
+    ident = info.get("identity")
+    if not isinstance(ident, dict):
+        return "it records no identity (written by an older sgdbayes)"
+    if ident.get("config_hash") != expected["config_hash"]:
+        return "it was computed for another configuration"
+    if ident.get("sgdbayes") != expected["sgdbayes"]:
+        return f"it was computed by sgdbayes {ident.get('sgdbayes')}, this is {expected['sgdbayes']}"
+    if ident.get("inputs") != expected["inputs"]:
+        return "the earlier stages it was computed from have been recomputed since (an interrupted --force?)"
+    return None
+
+
+def _run_stages(ctx: StageContext, stages: list[Stage], force: bool, threads: int, pipeline_config) -> tuple:
+    from .. import __version__
+
+    computed, loaded = [], []
+    computations: dict[str, str] = {}
+    recompute, preflight_done = force, False
+    for i, st in enumerate(stages, 1):
+        tag = f"[{i}/{len(stages)} {st.name}]"
+        expected = {"config_hash": ctx.config_hash, "sgdbayes": __version__,
+                    "inputs": {s.name: computations[s.name] for s in stages[: i - 1]}}
+        if not recompute and ctx.cache.is_done(st.name):
+            try:
+                info = ctx.cache.info(st.name)
+                why = _mismatch(info, expected)
+                if why is None:
+                    ctx.outputs[st.name] = ctx.cache.load(st.name)
+            except CacheEntryError as exc:
+                why = f"{exc.file}: {exc.reason}"
+            if why is None:
+                computations[st.name] = info["identity"]["computation"]
+                ctx.stage_info[st.name] = {**info, "cached": True}
+                loaded.append(st.name)
+                log_wall = info.get("wall_s", float("nan"))
+                ctx.log(f"{tag} loaded from cache (computed in {log_wall:.1f} s on {info.get('device', '?')})")
+                continue
+            ctx.log(f"{tag} cached result not used: {why}; recomputing this stage and the ones after it")
+        recompute = True  # everything downstream of a recomputed stage is recomputed
+        if not preflight_done:  # checks that need the data, before the first stage is computed
+            try:
+                pipeline_config.preflight()
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            preflight_done = True
+        reason = st.skip(ctx) if st.skip is not None else None
+        ctx.log(f"{tag} skipped: {reason}" if reason else f"{tag} {st.description} ...")
+        t0 = time.perf_counter()
+        try:
+            outputs = {"skipped": reason} if reason else st.run(ctx)
+        except Exception:
+            ctx.log(f"{tag} FAILED; finished stages stay cached, rerun to resume:\n{traceback.format_exc(limit=3)}")
+            raise
+        wall = time.perf_counter() - t0
+        computations[st.name] = uuid.uuid4().hex
+        info = {"wall_s": wall, "device": ctx.device, "stage": st.name, "torch_threads": threads,
+                "identity": {**expected, "computation": computations[st.name]}}
+        ctx.cache.save(st.name, outputs, info)
+        ctx.outputs[st.name] = ctx.cache.load(st.name)  # downstream sees exactly what is cached
+        ctx.stage_info[st.name] = {**info, "cached": False}
+        computed.append(st.name)
+        ctx.log(f"{tag} done in {wall:.1f} s")
+    return computed, loaded
 
 
 def run_study(
@@ -145,62 +229,75 @@ def run_study(
     threads: int = 0,
     cache_root: str | Path | None = None,
     log: Callable[[str], None] = print,
+    lock_timeout: float = -1,
 ) -> RunResult:
+    """Resolve the configuration, check the output folder, run (or load) every stage, write the report.
+
+    Configuration errors (:class:`~sgdbayes.runner.typed.ConfigError`) and unusable output
+    folders (:class:`~sgdbayes.outdir.OutputDirError`) are raised before anything is written.
+    """
+    from ..outdir import OutputDir, hold_lock
+
     t_start = time.perf_counter()
     decl = load_study(name)
     presets = list(presets) if presets else [decl.default_preset]
     sets = list(sets or [])
     cfg = resolve_config(decl, presets, sets, seeds)
-    h = config_hash(cfg, decl.presentational, study=decl.name)
     dev = resolve_device(device)
     customised = bool(sets) or seeds is not None
-    out_dir = Path(out) if out is not None else default_out_dir(decl, presets, customised, h)
-    cache_root = Path(cache_root) if cache_root is not None else (
-        (Path("reports") / decl.name / "cache") if out is None else out_dir / "cache"
-    )
-    cache = StageCache(cache_root / h)
-    cache.prepare(cfg, hashed_config(cfg, decl.presentational),
-                  {"study": decl.name, "presets": presets, "sets": sets})
+    out_dir = Path(out) if out is not None else None
+    if cache_root is None:
+        cache_root = (out_dir / "cache") if out_dir is not None else Path("reports") / decl.name / "cache"
+    cache_root = Path(cache_root)
+    memo = cache_root / "fingerprints.json"
+    inputs, memo_store = file_fingerprints(cfg.input_files(), memo)
+    h = config_hash(cfg, decl.presentational, study=decl.name, inputs=inputs)
+    if out_dir is None:
+        out_dir = default_out_dir(decl, presets, customised, h)
+    outdir = OutputDir(out_dir, "study", force=force)  # checked before anything is written
     pipeline = importlib.import_module(decl.pipeline)
-    ctx = StageContext(decl, cfg, presets, sets, h, dev, out_dir, cache, log)
-
-    log(f"[{decl.name}] presets={'+'.join(presets)} seeds={get_key(cfg, decl.seeds_key) if decl.seeds_key else '-'} "
-        f"device={dev} config-hash={h}")
-    threads = configure_threads(dev, threads)
-    log(f"[{decl.name}] cache: {cache.root}; torch threads: {threads}")
-    stages: list[Stage] = list(pipeline.STAGES)
-    computed: list[str] = []
-    loaded: list[str] = []
-    recompute = force
-    for i, st in enumerate(stages, 1):
-        tag = f"[{i}/{len(stages)} {st.name}]"
-        if not recompute and cache.is_done(st.name):
-            ctx.outputs[st.name] = cache.load(st.name)
-            ctx.stage_info[st.name] = {**cache.info(st.name), "cached": True}
-            loaded.append(st.name)
-            log(f"{tag} loaded from cache (computed in {ctx.stage_info[st.name].get('wall_s', float('nan')):.1f} s "
-                f"on {ctx.stage_info[st.name].get('device', '?')})")
-            continue
-        recompute = True  # everything downstream of a recomputed stage is recomputed
-        log(f"{tag} {st.description} ...")
+    cache = StageCache(cache_root / h)
+    folders = ["cache/"] if _is_inside(cache_root, out_dir) else []
+    with outdir.claim(lock_timeout, log, folders=folders), \
+            hold_lock(cache.lock_path, f"the stage cache {cache.root}", lock_timeout, log):
+        cache.prepare(config_to_dict(cfg), hashed_config(cfg, decl.presentational),
+                      {"study": decl.name, "presets": presets, "sets": sets, "inputs": inputs})
+        save_memo(memo, memo_store)
+        ctx = StageContext(decl, cfg, presets, sets, h, dev, out_dir, cache, log, inputs=inputs)
+        log(f"[{decl.name}] presets={'+'.join(presets)} "
+            f"seeds={get_path(cfg, decl.seeds_key) if decl.seeds_key else '-'} device={dev} config-hash={h}")
+        n_threads = configure_threads(dev, threads)
+        log(f"[{decl.name}] cache: {cache.root}; torch threads: {n_threads}")
+        computed, loaded = _run_stages(ctx, list(pipeline.STAGES), force, n_threads, cfg)
         t0 = time.perf_counter()
-        try:
-            outputs = st.run(ctx)
-        except Exception:
-            log(f"{tag} FAILED; finished stages stay cached, rerun to resume:\n{traceback.format_exc(limit=3)}")
-            raise
-        wall = time.perf_counter() - t0
-        info = {"wall_s": wall, "device": dev, "stage": st.name, "torch_threads": threads}
-        cache.save(st.name, outputs, info)
-        ctx.outputs[st.name] = cache.load(st.name)  # downstream sees exactly what is cached
-        ctx.stage_info[st.name] = {**info, "cached": False}
-        computed.append(st.name)
-        log(f"{tag} done in {wall:.1f} s")
-
-    t0 = time.perf_counter()
-    ctx.stage_info["_run"] = {"wall_s_before_report": time.perf_counter() - t_start}
-    report = Path(pipeline.write_report(ctx))
+        ctx.stage_info["_run"] = {"wall_s_before_report": time.perf_counter() - t_start}
+        report = Path(pipeline.write_report(ctx))
+        outdir.commit(_report_files(out_dir, report), folders=folders)
     log(f"[report] written in {time.perf_counter() - t0:.1f} s")
     wall = time.perf_counter() - t_start
     log(f"[{decl.name}] done in {wall:.1f} s; report: {report}")
     return RunResult(report, report.parent / "results.json", cache.root, h, computed, loaded, wall)
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _report_files(out_dir: Path, report: Path) -> list[str]:
+    """report.md, results.json and the figures results.json lists (paths relative to ``out_dir``)."""
+    import json
+
+    files = [report.name]
+    res = report.parent / "results.json"
+    if res.is_file():
+        files.append(res.name)
+        try:
+            files += [str(f) for f in json.loads(res.read_text()).get("figures", [])]
+        except ValueError:
+            pass
+    rel = Path(report.parent).resolve().relative_to(Path(out_dir).resolve())
+    return [str(rel / f) if str(rel) != "." else f for f in files]

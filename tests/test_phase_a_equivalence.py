@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from sgdbayes.pipelines import _diffusion_common as dc
+from sgdbayes.pipelines.sections import FitConfig
 from sgdbayes.stats import ablation, concentration, prediction, summaries, verdicts
 from sgdbayes.stats.results import Verdict
 
@@ -126,7 +127,7 @@ def _curves(K=12, seed=0):
 
 def test_h7_prediction_equal():
     t, R = _curves()
-    old = dc.h7_prediction(t, R, 0.5, dc.FitSettings(n_grid=32))
+    old = dc.h7_prediction(t, R, 0.5, FitConfig(n_grid=32))
     new = prediction.predict_late_displacement(t, R, 0.5, n_grid=32)
     for k in ("alpha_early", "R_pred_final", "R_true_final", "rel_err_final", "r2_heldout", "log_err_final"):
         _same(old[k], getattr(new, k))
@@ -139,7 +140,7 @@ def test_h7_rows_equal_test_h7(K, margin, seed, noise):
     from sgdbayes.pipelines.spectral_dimension import h7_rows
 
     t, R = _curves(K, seed)
-    pred = dc.h7_prediction(t, R, 0.5, dc.FitSettings(n_grid=32))
+    pred = dc.h7_prediction(t, R, 0.5, FitConfig(n_grid=32))
     g = np.random.default_rng(seed)
     runs = pd.DataFrame({"llc": 1.0 / pred["R_true_final"] + g.normal(0, noise, K)})
     old, _ = h7_rows(runs, pred, margin, 0.95, 200, 5)
@@ -236,13 +237,10 @@ class _Ctx:
     """The three things posterior_concentration.stage_analysis reads from its context."""
 
     def __init__(self, config, outputs):
-        self.config, self.outputs, self.log = config, outputs, (lambda *_: None)
+        from types import SimpleNamespace
 
-    def cfg(self, key, default=None):
-        node = self.config
-        for part in key.split("."):
-            node = node.get(part, default) if isinstance(node, dict) else default
-        return node
+        self.config = SimpleNamespace(**{k: SimpleNamespace(**v) for k, v in config.items()})
+        self.outputs, self.log = outputs, (lambda *_: None)
 
     def __getitem__(self, stage):
         return self.outputs[stage]

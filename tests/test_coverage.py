@@ -52,6 +52,15 @@ def test_t_c_and_late_alpha_with_a_crossover():
     assert cov["alpha_late"] >= 0.88 and cov["d_s_late"] >= 0.88
 
 
+def test_cell_result_round_trip():
+    from sgdbayes.stats.coverage import CellResult
+
+    r = run_condition(Condition(phi=0.5, llc_noise=0.2), 20, seed=2)
+    back = CellResult.from_dict(r.to_dict())
+    assert back.condition == r.condition and back.hits == r.hits
+    assert list(r.conf_int().index) == ["alpha", "d_s"]
+
+
 def test_coverage_does_not_depend_on_alpha_or_noise_scale():
     """The fit is equivariant in (c, alpha, sigma): same seeds, same hits, whatever the true alpha and sigma."""
     a = run_condition(Condition(phi=0.9, alpha=0.05, sigma=0.01), 60, seed=3)

@@ -127,3 +127,11 @@ def test_median_interval_is_distribution_free():
     assert ci.loc["H1", "ci_low"] <= h.estimate <= ci.loc["H1", "ci_high"]
     row = h.to_frame().iloc[0]
     assert row["pvalue"] == h.pvalue and row["estimate"] == h.estimate and row["test"] == h.test
+
+
+def test_result_round_trip():
+    h = hyp.test_h2(_runs(), "whole")
+    back = hyp.HypothesisResult.from_dict(h.to_dict())
+    pd.testing.assert_frame_equal(back.to_frame(), h.to_frame())
+    pd.testing.assert_frame_equal(back.per_run, h.per_run)
+    assert back.summary() == h.summary() and "Wilcoxon signed-rank (exact) across runs" in h.summary()

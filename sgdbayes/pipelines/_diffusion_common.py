@@ -336,7 +336,8 @@ def hypothesis_rows(hres, claim: str, statistic: str, values: np.ndarray, level:
         verdict = "not supported"
     return {
         "id": hyp_id or hres.id, "claim": claim, "window": hres.window, "statistic": statistic,
-        "value": med, "ci": [lo, hi], "pvalue": p, "p_label": "Wilcoxon signed-rank across runs, one-sided",
+        "value": med, "ci": [lo, hi], "pvalue": p,
+        "p_label": f"{hres.test or 'Wilcoxon signed-rank'} across runs, one-sided",
         "n_tested": hres.n_tested, "n_excluded": int(len(hres.excluded)), "n_support_holm": hres.n_reject,
         "share_support_holm": (hres.n_reject / hres.n_tested) if hres.n_tested else None,
         "share_upper_below": hres.share_upper_below, "verdict": verdict, "notes": list(hres.notes),

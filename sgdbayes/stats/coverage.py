@@ -58,8 +58,8 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class Condition:
-    """One cell of the coverage suite (module docstring)."""
+class Condition(Result):
+    """One cell of the coverage suite (module docstring); a Result so that cell results round-trip."""
 
     grid: str = "log+regular"
     n_points: int = 300

@@ -131,8 +131,10 @@ class DiffusionFit(Result):
     ``d_s = 2 lambda alpha`` with a delta-method interval. ``late`` is the
     late-window fit (after the crossover ``crossover.t_c``, or over the last
     fraction of log t), ``None`` when it could not be fitted (see ``notes``).
-    Intervals: ``conf_int(level)`` / ``estimates(level)``; ``flags`` lists the
-    conditions in which the coverage suite measured undercoverage.
+    Intervals: ``conf_int(level)`` / ``estimates(level)`` (rows alpha, d_s,
+    alpha_late, d_s_late, t_c as available; the ``pvalue`` of the alpha rows is the
+    one-sided p-value of H0: alpha >= 1/2, eq 11); ``flags`` lists the conditions
+    in which the coverage suite measured undercoverage (docs/intervals.md).
     """
 
     whole: SlopeFit

@@ -190,7 +190,7 @@ class HypothesisResult(Result):
                  f"upper bound below threshold in {100 * self.share_upper_below:.0f}% of runs"]
         if self.pvalue is not None:
             sup = "supports" if self.pvalue < a else "does not support"
-            parts.append(f"Wilcoxon signed-rank across runs (alternative='less', n={self.n}, {self.test}) "
+            parts.append(f"{self.test} across runs (alternative='less', n={self.n}) "
                          f"p-value = {self.pvalue:.3g}: {sup} the claim")
         if self.sign_pvalue is not None:
             parts.append(f"sign test: {self.n_below} of {self.n} below, p-value = {self.sign_pvalue:.3g}")

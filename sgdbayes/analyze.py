@@ -250,7 +250,7 @@ def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
           "- Residuals of log R(t) are strongly autocorrelated, so OLS (and Newey-West) intervals undercover. "
           "Intervals here come from GLS with AR(1) errors (on a log-t or logging-index clock) whose t "
           "statistic is calibrated by simulation; coverage measured in docs/intervals.md "
-          "(benchmarks/coverage.py). Column interval_flags names runs in conditions where it undercovers.",
+          "(benchmarks/coverage.py). Column interval_flags names runs in conditions where it may undercover.",
           "- Crossover t_c: two-segment (hinge) fit in log-log space, posterior interval integrated over the "
           "error correlation; the late window is t >= t_c.",
           "- Final lambda = mean of the last 10 non-missing LLC estimates, se = std/sqrt(n) (the estimates are "

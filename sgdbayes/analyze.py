@@ -117,7 +117,8 @@ def analyze_runs(
         llc = run_llc_summary(g["llc"], n_last_llc) if data.has_llc else run_llc_summary(pd.Series([], dtype=float))
         try:
             fit = fit_diffusion(g["step"].to_numpy(float), g["displacement"].to_numpy(float),
-                                llc=llc["llc"], llc_se=llc["llc_se"], n_grid=n_grid, method=method,
+                                llc=llc["llc"], llc_se=llc["llc_se"],
+                                llc_df=llc["llc_n"] - 1 if llc["llc_n"] > 1 else None, n_grid=n_grid, method=method,
                                 late_window=late_window, n_boot=n_boot, level=level, seed=seed + i)
         except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. a constant displacement has no exponent
             skipped.append({"run": run, "n_points": n_pos, "reason": f"could not be fitted: {exc}"})
@@ -191,7 +192,7 @@ def _figures(res: AnalysisResult, data: RunsData, figdir: Path) -> list[str]:
             ax.loglog(tl, np.exp(f.late.intercept) * tl ** f.late.alpha, "-", color="C3", lw=1.2,
                       label=f"late a={f.late.alpha:.2f}")
         if f.crossover is not None:
-            ax.axvspan(*f.crossover.t_c_ci, color="C3", alpha=0.12)
+            ax.axvspan(*f.crossover.conf_int().loc["t_c"], color="C3", alpha=0.12)
             ax.axvline(f.crossover.t_c, color="C3", lw=0.6, ls="--")
         ax.set_title(str(run), fontsize=8)
         ax.legend(fontsize=6, loc="upper left")
@@ -258,11 +259,11 @@ def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
           "- Eq 17: `log R(t) = alpha log t + c`, alpha = d_s / (2 lambda); d_walk = 1/alpha (eq 12); "
           "d_s = 2 lambda alpha. r2 is the OLS r2 of the log-log fit (the paper's r2).",
           "- Residuals of log R(t) are strongly autocorrelated, so OLS (and Newey-West) intervals undercover. "
-          "Intervals here come from regression with AR(1) errors (iterated Prais-Winsten FGLS with a "
-          "bias-corrected AR coefficient) calibrated by a parametric bootstrap-t; validated by simulation "
-          "(tests/test_diffusion.py).",
-          "- Crossover t_c: two-segment (hinge) fit in log-log space, interval by parametric AR(1) bootstrap; "
-          "the late window is t >= t_c.",
+          "Intervals here come from GLS with AR(1) errors (on a log-t or logging-index clock) whose t "
+          "statistic is calibrated by simulation; coverage measured in docs/intervals.md "
+          "(benchmarks/coverage.py). Column interval_flags names runs in conditions where it may undercover.",
+          "- Crossover t_c: two-segment (hinge) fit in log-log space, posterior interval integrated over the "
+          "error correlation; the late window is t >= t_c.",
           "- Final lambda = mean of the last 10 non-missing LLC estimates, se = std/sqrt(n) (the estimates are "
           "autocorrelated, so this se is optimistic); lambda_bar (H3) = mean of all estimates.",
           "- d_s interval by the delta method: se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2.",
@@ -276,15 +277,15 @@ def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
     if res.hypotheses:
         rows = []
         for h in res.hypotheses:
-            r = h.summary_row()
-            rows.append({"hypothesis": r["hypothesis"], "claim": r["claim"], "window": r["window"],
+            r = h.to_frame().iloc[0]
+            rows.append({"hypothesis": r["id"], "claim": r["claim"], "window": r["window"],
                          "tested": r["n_tested"], "excluded": r["n_excluded"],
                          "supported (Holm)": r["n_support_holm"],
                          "share upper < threshold": fmt_num(r["share_upper_below"], 3),
-                         "median diff": fmt_num(r["median_diff"], 3),
-                         "Wilcoxon p (less)": fmt_p(r["wilcoxon_p"])})
+                         "median diff": fmt_num(r["estimate"], 3),
+                         "Wilcoxon p (less)": fmt_p(r["pvalue"])})
         L += [md_table(pd.DataFrame(rows)), ""]
-        L += [f"- {h.verdict}" for h in res.hypotheses]
+        L += [f"- {h.summary()}" for h in res.hypotheses]
         L.append("")
         if "llc" in tab:
             neg = tab[tab["llc"].notna() & (tab["llc"] <= 0)]

@@ -124,7 +124,7 @@ def test_standard_errors_must_be_nonnegative():
 def test_pvalues_must_lie_in_0_1():
     runs = pd.DataFrame({"run": [0, 1, 2], "late_alpha": [0.3, 0.4, 0.35], "late_alpha_se": 0.02})
     h = test_h1(runs, "late")
-    h.wilcoxon_p = 1.2
+    h.pvalue = 1.2
     with pytest.raises(ValueError, match="p-value"):
         verdicts.as_hypothesis_test(h, "c", "s", runs["late_alpha"] - 0.5)
 

@@ -7,7 +7,7 @@ Formulas (paper equation numbers; docs/methods.md):
 * displacement R(t) = ||w_t - w_0||_2 over all trainable parameters, t = optimizer steps;
 * eq 17: log R(t) = alpha log t + c with alpha = d_s / (2 lambda); so d_s = 2 lambda alpha and
   d_walk = 1/alpha = 2 lambda / d_s (eq 12); fitted by :func:`sgdbayes.stats.fit_diffusion`
-  (Prais-Winsten AR(1) GLS with a bootstrap-t calibrated standard error, on points evenly
+  (GLS with AR(1) errors and a calibrated standard error, docs/intervals.md, on points evenly
   spaced in log t; whole range = the paper's fit, late window = after the two-segment
   crossover t_c of App B.3);
 * se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2 (delta method);
@@ -280,7 +280,7 @@ def hypothesis_rows(hres, claim: str, statistic: str, values: np.ndarray, level:
     v = v[np.isfinite(v)]
     med = float(np.median(v)) if v.size else float("nan")
     lo, hi = bootstrap_ci(v, np.median, level=level, seed=seed)
-    p = hres.wilcoxon_p
+    p = hres.pvalue
     a = 1 - level
     from scipy.stats import binomtest
 
@@ -296,8 +296,9 @@ def hypothesis_rows(hres, claim: str, statistic: str, values: np.ndarray, level:
     else:
         verdict = "not supported"
     return {
-        "id": hyp_id or hres.name, "claim": claim, "window": hres.window, "statistic": statistic,
-        "value": med, "ci": [lo, hi], "pvalue": p, "p_label": "Wilcoxon signed-rank across runs, one-sided",
+        "id": hyp_id or hres.id, "claim": claim, "window": hres.window, "statistic": statistic,
+        "value": med, "ci": [lo, hi], "pvalue": p,
+        "p_label": f"{hres.test or 'Wilcoxon signed-rank'} across runs, one-sided",
         "n_tested": hres.n_tested, "n_excluded": int(len(hres.excluded)), "n_support_holm": hres.n_reject,
         "share_support_holm": (hres.n_reject / hres.n_tested) if hres.n_tested else None,
         "share_upper_below": hres.share_upper_below, "verdict": verdict, "notes": list(hres.notes),

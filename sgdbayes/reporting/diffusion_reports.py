@@ -288,11 +288,11 @@ def render_anomalous_diffusion(r: dict) -> str:
     a(f"- **Displacement**: R(t) = ‖w_t − w_0‖₂ over all parameters, recorded every {cfg['train']['record_every']} "
       f"steps and at {cfg['train']['record_log_points']} geometric steps ({r['ensemble']['n_grid_points']} points).")
     a(f"- **Per-run fit (eq 17)**: log R = α log t + c on {cfg['fit']['n_grid']} points evenly spaced in log t; "
-      f"interval method `{cfg['fit']['method']}` (Prais–Winsten AR(1) GLS with bias-corrected ρ, standard error "
-      f"calibrated by a parametric bootstrap-t with {cfg['fit']['n_boot']} resamples; the plain OLS interval is far "
-      f"too narrow for a cumulative curve). Whole range = the paper's fit. Late window: t ≥ t_c, where t_c is the knot "
-      f"of a two-segment (hinge) least-squares fit in log–log space (App B.3), with a parametric AR(1) bootstrap "
-      f"interval.")
+      f"interval method `{cfg['fit']['method']}` (GLS with AR(1) errors on a log-t or logging-index clock, "
+      f"chosen by likelihood, REML ρ; t statistic calibrated by a simulated table at an upper confidence bound "
+      f"for ρ, docs/intervals.md; the plain OLS interval is far too narrow for a cumulative curve). Whole range = "
+      f"the paper's fit. Late window: t ≥ t_c, where t_c is the knot of a two-segment (hinge) least-squares fit in "
+      f"log–log space (App B.3), with the posterior interval of the hinge model integrated over ρ.")
     a(f"- **H1**: per run, one-sided t-test of H0 α ≥ 1/2 vs α < 1/2 on the calibrated se; Holm across runs "
       f"(`multipletests(method=\"holm\")`); across runs, Wilcoxon signed-rank of α − 1/2 (alternative \"less\") and "
       f"the median of α − 1/2 with a percentile bootstrap interval ({cfg['analysis']['n_boot']} resamples). "

@@ -37,6 +37,7 @@ from .diffusion import (  # noqa: F401
     CrossoverFit,
     DiffusionFit,
     SlopeFit,
+    UnfitRun,
     final_llc,
     fit_crossover,
     fit_diffusion,
@@ -44,7 +45,17 @@ from .diffusion import (  # noqa: F401
     log_grid,
     spectral_dimension,
 )
-from .hypotheses import HypothesisResult, holm, test_all, test_h1, test_h2, test_h3  # noqa: F401
+from .hypotheses import (  # noqa: F401
+    HypothesisResult,
+    holm,
+    median_interval,
+    sign_test_less,
+    test_all,
+    test_h1,
+    test_h2,
+    test_h3,
+    wilcoxon_less,
+)
 from .regression import Correlation, Regressions, cross_run_regressions, deming, spearman  # noqa: F401
 from .simulate import simulate_curve, simulate_runs, simulate_two_segment  # noqa: F401
 

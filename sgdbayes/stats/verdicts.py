@@ -47,9 +47,9 @@ def as_hypothesis_test(hres, claim: str, statistic: str, values, level: float = 
     v = v[np.isfinite(v)]
     med = float(np.median(v)) if v.size else float("nan")
     lo, hi = bootstrap_ci(v, "median", n_boot=n_boot, level=level, seed=seed)
-    p = hres.wilcoxon_p
+    p = hres.pvalue
     if p is not None:
-        p = check_pvalue(p, f"{hres.name} Wilcoxon p-value")
+        p = check_pvalue(p, f"{hres.id} across-run p-value")
     n_below = int((v < 0).sum())
     n_nonzero = int((v != 0).sum())
     sign_p = float(binomtest(n_below, n_nonzero, 0.5, alternative="greater").pvalue) if n_nonzero else None
@@ -60,7 +60,8 @@ def as_hypothesis_test(hres, claim: str, statistic: str, values, level: float = 
                "share_support_holm": (hres.n_reject / hres.n_tested) if hres.n_tested else None,
                "share_upper_below": hres.share_upper_below, "sign_p": sign_p, "n_below": n_below,
                "n_boot": int(n_boot)}
-    return HypothesisTest.decided(id or hres.name, claim, statistic, med, lo, hi, p, WILCOXON_TEST, level,
+    test = f"{hres.test} across runs, one-sided" if hres.test else WILCOXON_TEST
+    return HypothesisTest.decided(id or hres.id, claim, statistic, med, lo, hi, p, test, level,
                                   threshold=0.0, direction="less", override=override, window=hres.window,
                                   n_tested=hres.n_tested, n_excluded=int(len(hres.excluded)),
                                   notes=list(hres.notes), details=details)

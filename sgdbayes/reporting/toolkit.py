@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import math
 import os
@@ -24,8 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-import numpy as np
-
+from ..stats.results import jsonable, revive
 from .format import MISSING, fmt_estimate, fmt_level, fmt_num, fmt_pvalue
 
 __all__ = ["header", "verdict_table", "methods_section", "versions_table", "timings_table", "md_table",
@@ -194,55 +192,11 @@ def save_figure(fig, path: PathLike, dpi: int = 120, close: bool = True, **kwarg
     return path
 
 
-def jsonable(obj: Any) -> Any:
-    """Plain JSON of a results mapping: a :class:`~sgdbayes.stats.results.Result` becomes its
-    ``to_dict()`` (lossless, tagged with its class); numpy values become Python ones; NaN -> null
-    and ±inf -> "inf" / "-inf" outside results (the results.json convention); enums -> value."""
-    from ..stats.results import Result
-
-    if isinstance(obj, Result):
-        return obj.to_dict()
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, enum.Enum):
-        return jsonable(obj.value)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        if math.isnan(f):
-            return None
-        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
-    if isinstance(obj, os.PathLike):
-        return str(obj)
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    raise TypeError(f"cannot write a {type(obj).__name__} into results.json")
-
-
 def write_results_json(path: PathLike, results: Mapping) -> Path:
     """Write ``results`` (a mapping that may hold Results anywhere) as strict JSON, atomically."""
     return write_text(path, json.dumps(jsonable(results), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def _revive(obj: Any) -> Any:
-    from ..stats.results import decode
-
-    if isinstance(obj, dict):
-        if obj.get("__type__") == "result":
-            return decode(obj)
-        return {k: _revive(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_revive(v) for v in obj]
-    return obj
-
-
 def read_results_json(path: PathLike) -> dict:
     """The mapping :func:`write_results_json` wrote, with every stored Result rebuilt."""
-    return _revive(json.loads(Path(path).read_text(encoding="utf-8")))
+    return revive(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -173,8 +173,9 @@ def _kruskal_hypothesis(kw: dict, n_values: int, level: float) -> HypothesisTest
         kv = (Verdict.NOT_SUPPORTED, f"omnibus test without an interval, decided by its p-value: p >= {a:g}")
     return HypothesisTest.decided("H4-kruskal", "λ̂ differs between clusters", "Kruskal–Wallis H (λ̂ by cluster)",
                                   kw["statistic"], None, None, kw["pvalue"] if np.isfinite(kw["pvalue"]) else None,
-                                  f"Kruskal–Wallis ({kw['p_method']})", level, threshold=0.0, direction="greater",
-                                  override=kv, window="clusters", n_tested=n_values, details={"k": kw["k"]})
+                                  f"Kruskal–Wallis ({kw['p_method']}), H0: λ̂ distributed alike in every cluster",
+                                  level, threshold=0.0, direction="greater", override=kv, window="clusters",
+                                  n_tested=n_values, details={"k": kw["k"]})
 
 
 def test_h4(labels, categories: Sequence, llc, *, n_boot: int = 1000, level: float = 0.95,

@@ -119,7 +119,7 @@ def test_h7(R_final, llc, rel_err_final, *, margin: float, level: float = 0.95, 
         c = spearman(lam, R, n_boot=n_boot, level=level, seed=seed, names=("llc", "R_final"))
         out.append(HypothesisTest.decided(
             "H7", "weights move further when λ is small", "Spearman ρ(R_T, λ_final)", c.estimate, c.ci_low,
-            c.ci_high, c.pvalue_less, f"Spearman, one-sided H0: ρ ≥ 0 ({c.p_method})", level, threshold=0.0,
+            c.ci_high, c.pvalue_less, f"Spearman ({c.p_method}), one-sided H0: ρ ≥ 0", level, threshold=0.0,
             direction="less", window="final R_T", n_tested=c.n,
             details={"pvalue_two_sided": c.pvalue, "n_boot_used": c.n_boot_used}, notes=[c.note] if c.note else []))
     except ValueError as exc:

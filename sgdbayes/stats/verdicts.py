@@ -27,7 +27,7 @@ from .summaries import bootstrap_ci
 
 __all__ = ["as_hypothesis_test", "test_crossover", "all_of", "WILCOXON_TEST"]
 
-WILCOXON_TEST = "Wilcoxon signed-rank across runs, one-sided"
+WILCOXON_TEST = "Wilcoxon signed-rank across runs, one-sided H0: median ≥ 0"
 
 
 def as_hypothesis_test(hres, claim: str, statistic: str, values, level: float = 0.95, seed=0,
@@ -56,6 +56,8 @@ def as_hypothesis_test(hres, claim: str, statistic: str, values, level: float = 
     override = None
     if hres.n_tested == 0 or v.size == 0:
         override = (Verdict.UNTESTABLE, "no run could be tested")
+    elif v.size < 3:
+        override = (Verdict.UNTESTABLE, f"only {v.size} run(s): the median's bootstrap interval needs at least 3")
     details = {"n_support_holm": hres.n_reject,
                "share_support_holm": (hres.n_reject / hres.n_tested) if hres.n_tested else None,
                "share_upper_below": hres.share_upper_below, "sign_p": sign_p, "n_below": n_below,

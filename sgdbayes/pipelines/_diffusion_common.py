@@ -33,7 +33,7 @@ import torch
 from ._ensemble_arrays import ensemble_arrays
 from .sections import FitConfig
 
-__all__ = ["parse_layers", "llc_training_hook", "train_cell", "fit_runs", "diffusion_tests", "h7_tests"]
+__all__ = ["parse_layers", "llc_training_hook", "train_cell", "fit_runs", "h7_tests"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -194,45 +194,8 @@ def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitConfig,
 
 # --------------------------------------------------------------------------- tests
 
-H1_CLAIM = "late SGD is sub-diffusive (α < 1/2)"
-H2_CLAIM = "d_s ≤ λ (Lemma 3.4) ⇔ α ≤ 1/2 for λ > 0"
-H3_CLAIM = "d_s ≤ λ̄ (Cor 3.3) ⇔ α ≤ λ̄/(2λ)"
-
-
 def _suffixed(tests: list, suffix: str) -> list:
     return [dataclasses.replace(t, id=f"{t.id}-{suffix}") for t in tests] if suffix else tests
-
-
-def diffusion_tests(runs: pd.DataFrame, level: float, seed: int, n_boot: int, suffix: str = "",
-                    windows: Sequence[str] = ("whole", "late")) -> tuple[list, dict]:
-    """H1 (late window) and H2, H3 on each of ``windows`` of a table of fitted runs, as
-    :class:`~sgdbayes.stats.results.HypothesisTest` (ids ``H1``, ``H2``, ``H2-late``, ``H3``,
-    ``H3-late``, each followed by ``-suffix`` when given), and the per-run tables
-    (``HypothesisResult.to_frame``) keyed ``H1_late``, ``H2_whole``, .... The medians' bootstraps
-    start from ``seed`` (H1), ``seed + 1`` (H2) and ``seed + 2`` (H3). H3 needs λ̄ (``llc_mean``)."""
-    from ..stats.hypotheses import test_h1, test_h2, test_h3
-    from ..stats.verdicts import as_hypothesis_test
-
-    h = test_h1(runs, "late", level)
-    tests = [as_hypothesis_test(h, H1_CLAIM, "median α_late − 1/2", runs["late_alpha"].to_numpy(float) - 0.5, level,
-                                seed, "H1", n_boot=n_boot)]
-    per = {"H1_late": h.to_frame()}
-    pos = runs["llc"].to_numpy(float) > 0
-    lam = runs["llc"].to_numpy(float)
-    for win in windows:
-        d_s = runs[("" if win == "whole" else "late_") + "d_s"].to_numpy(float)
-        w = "" if win == "whole" else f"-{win}"
-        h2 = test_h2(runs, win, level)
-        tests.append(as_hypothesis_test(h2, H2_CLAIM, "median (d_s − λ), λ > 0", (d_s - lam)[pos], level, seed + 1,
-                                        "H2" + w, n_boot=n_boot))
-        per[f"H2_{win}"] = h2.to_frame()
-        if runs["llc_mean"].notna().any():
-            h3 = test_h3(runs, win, level)
-            tests.append(as_hypothesis_test(h3, H3_CLAIM, "median (d_s − λ̄), λ > 0",
-                                            (d_s - runs["llc_mean"].to_numpy(float))[pos], level, seed + 2, "H3" + w,
-                                            n_boot=n_boot))
-            per[f"H3_{win}"] = h3.to_frame()
-    return _suffixed(tests, suffix), per
 
 
 def h7_tests(R_final, llc, R_pred, rel_err, n_failed: int, margin: float, level: float, n_boot: int, seed: int,

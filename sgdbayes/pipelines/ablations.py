@@ -27,7 +27,8 @@ from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
 from ..runner.typed import StudyConfig
 from ..sampling import LLCConfig
-from ._diffusion_common import diffusion_tests, fit_runs, h7_tests, train_cell
+from ..stats.verdicts import test_h1_h3
+from ._diffusion_common import fit_runs, h7_tests, train_cell
 from ._ensemble_arrays import divergence_summary
 from .sections import BootstrapConfig, FitConfig, H7Config, LLCSchedule, MNISTFamilyData, ModelConfig, ReportConfig
 
@@ -257,7 +258,7 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     hyps = [test_h6(h6)]
     for fam, g in fitted.groupby("family", sort=False):
         g = g.reset_index(drop=True)
-        hyps += diffusion_tests(g, level, seed, n_boot, suffix=fam, windows=("whole",))[0]
+        hyps += test_h1_h3(g, level, seed, n_boot, suffix=fam, windows=("whole",))[0]
         hyps += h7_tests(g["R_final"], g["llc"], g["R_pred_final"], g["rel_err_final"],
                          int(g["R_pred_final"].isna().sum()), c.h7.margin, level, n_boot, seed, suffix=fam)[0]
     cell_means = fitted.groupby(["label", "batch_size", "lr"], sort=False)[["d_s", "llc"]].mean().reset_index()

@@ -21,7 +21,7 @@ from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
 from ..runner.typed import StudyConfig
 from ..stats.summaries import summarize
-from ..stats.verdicts import as_hypothesis_test, test_crossover
+from ..stats.verdicts import test_crossover, test_h1_h3
 from ._diffusion_common import fit_runs
 from ._ensemble_arrays import divergence_summary, ensemble_arrays
 from .sections import CurvesReport, FitConfig, ModelConfig, MoonsData, TrainConfig, sgd_ensemble
@@ -103,10 +103,6 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- stage 2
 
-H1_CLAIM = "late SGD is sub-diffusive: α < 1/2 after t_c (eq 11, d_walk > 2)"
-H1_WHOLE_CLAIM = "sub-diffusion over the whole range (the paper's single fit)"
-
-
 def _mean_band(values: np.ndarray, level: float, skip_nan: bool = False):
     """Mean over runs (rows) with its Student-t band, per column: (mean, lo, hi); ``skip_nan``
     leaves missing values out of each column."""
@@ -164,8 +160,6 @@ def _mean_curve_fit(steps: np.ndarray, mean: np.ndarray, fs: FitConfig, seed: in
 def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     """Per-run eq-17 fits; H1 per run and across runs (late window = the claim, whole range = the
     paper's fit); the mean curve, its local slope and its crossover; summaries across runs."""
-    from ..stats.hypotheses import test_h1
-
     tr, fs, an = ctx["train"], ctx.config.fit, ctx.config.analysis
     level = fs.level
     steps = np.asarray(tr["steps"], float)
@@ -175,12 +169,7 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     bad = runs["fit_error"] != ""
     notes = [f"{int(bad.sum())} runs could not be fitted: {runs.loc[bad, 'fit_error'].iloc[0]}"] if bad.any() else []
     fitted = runs[~bad]
-    h_late, h_whole = test_h1(fitted, "late", level), test_h1(fitted, "whole", level)
-    hyps = [as_hypothesis_test(h_late, H1_CLAIM, "median over runs of α_late − 1/2",
-                               fitted["late_alpha"].to_numpy(float) - 0.5, level, an.seed, "H1", n_boot=an.n_boot),
-            as_hypothesis_test(h_whole, H1_WHOLE_CLAIM, "median over runs of α_whole − 1/2",
-                               fitted["alpha"].to_numpy(float) - 0.5, level, an.seed + 1, "H1-whole",
-                               n_boot=an.n_boot)]
+    hyps, per = test_h1_h3(fitted, level, an.seed, an.n_boot, h1_windows=("late", "whole"), windows=())
     curves = _curves(steps, disp, level, an.local_slope_halfwidth)
     mean_fit, crossover = _mean_curve_fit(steps, curves["curve_mean"], fs, an.seed)
     hyps.append(crossover)
@@ -199,7 +188,7 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     ensemble = {"n_runs": int(np.size(tr["seeds"])), "n_params": int(tr["n_params"]),
                 "train_acc_mean": float(np.mean(tr["final_train_acc"])),
                 "test_acc_mean": float(np.mean(tr["final_test_acc"])), "n_grid_points": int(steps.size)}
-    return {"runs": runs, "hypotheses": hyps, "h1_late_per_run": h_late.to_frame(), "summary": summary,
+    return {"runs": runs, "hypotheses": hyps, "h1_late_per_run": per["H1_late"].to_frame(), "summary": summary,
             "mean_fit": mean_fit, "ensemble": ensemble, **curves, "notes": notes}
 
 

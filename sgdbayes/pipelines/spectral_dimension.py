@@ -26,7 +26,8 @@ from ..runner.orchestrate import Stage, StageContext
 from ..runner.typed import StudyConfig
 from ..sampling import LLCConfig
 from ..stats.summaries import llc_summaries, summarize
-from ._diffusion_common import diffusion_tests, fit_runs, h7_tests, parse_layers, train_cell
+from ..stats.verdicts import test_h1_h3
+from ._diffusion_common import fit_runs, h7_tests, parse_layers, train_cell
 from ._ensemble_arrays import divergence_summary
 from .sections import (
     BootstrapConfig,
@@ -231,7 +232,7 @@ def _sweep_analysis(sw: dict, c, notes: list) -> tuple[dict, list]:
     sfit = pd.concat(parts, ignore_index=True)
     sfit = sfit[sfit["fit_error"] == ""].reset_index(drop=True)
     arch = [_arch_row(sw, a, sfit[sfit["arch"] == a]) for a in range(A)]
-    tests, _ = diffusion_tests(sfit, level, seed + 10, n_boot, suffix="sweep")
+    tests, _ = test_h1_h3(sfit, level, seed + 10, n_boot, suffix="sweep")
     paper_vs = pd.DataFrame({"ours": [x["d_s"] for x in arch], "paper": [x["paper_d_s"] for x in arch]})
     out = {"enabled": True, "arch": arch, "runs": sfit,
            "regressions": cross_run_regressions(sfit, [("d_s", "llc")], n_boot=n_boot, level=level, seed=seed),
@@ -258,7 +259,7 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     notes = [f"{int((~ok).sum())} diverged runs left out of every analysis"] if (~ok).any() else []
     is_fit = (runs["fit_error"] == "").to_numpy()
     fitted = runs[is_fit].reset_index(drop=True)
-    hyps, per = diffusion_tests(fitted, level, seed, n_boot)
+    hyps, per = test_h1_h3(fitted, level, seed, n_boot)
     pred = predict_late_displacement(steps, disp[is_fit], c.h7.split, n_grid=fs.n_grid)
     h7, h7_reg = h7_tests(pred.R_true_final, fitted["llc"], pred.R_pred_final, pred.rel_err_final, pred.n_failed,
                           c.h7.margin, level, n_boot, seed)
@@ -268,7 +269,8 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
                                 n_boot=n_boot, level=level, seed=seed)
     nonpos = fitted[~(fitted["llc"] > 0)]
     out: dict[str, Any] = {
-        "runs": fitted, "hypotheses": hyps, "per_run_tests": per, "h7_pred": pred,
+        "runs": fitted, "hypotheses": hyps, "per_run_tests": {k: h.to_frame() for k, h in per.items()},
+        "h7_pred": pred,
         "h7_curve_index": np.flatnonzero(ok)[is_fit],  # rows of the train stage that pred's runs are
         "h7_regressions": h7_reg, "regressions": reg,
         "llc_nonpositive": nonpos[["run", "llc", "llc_se", "alpha", "d_s", "late_alpha", "late_d_s"]],

@@ -108,8 +108,8 @@ METHODS = [
     "- Eq 17: `log R(t) = α log t + c`, α = d_s / (2λ); d_walk = 1/α (eq 12); d_s = 2λα. r² is the OLS r² of the "
     "log-log fit (the paper's r²). docs/methods.md#diffusion-fits-eq-17.",
     "- Residuals of log R(t) are strongly autocorrelated, so OLS (and Newey-West) intervals undercover. Intervals here "
-    "come from regression with AR(1) errors with a calibrated standard error; their coverage is measured in "
-    "docs/intervals.md.",
+    "come from regression with AR(1) errors with a calibrated standard error (docs/methods.md#diffusion-fits-eq-17, "
+    "with the simulations that measure their coverage).",
     "- Crossover t_c: two-segment (hinge) fit in log-log space; the late window is t ≥ t_c.",
     "- Final λ = mean of the last 10 non-missing LLC estimates, se = std/√n (the estimates are autocorrelated, so this "
     "se is optimistic); λ̄ (H3) = mean of all estimates.",

@@ -31,7 +31,7 @@ Other methods: ``"ar1"`` (step 2 only, Student-t with n-3 df), ``"hac"``
 They exist for comparison; the coverage tests show why the default is the
 default.
 
-d_s uncertainty (delta method, SCIENCE.md sec 4)::
+d_s uncertainty (delta method, docs/methods.md#diffusion-fits-eq-17)::
 
     d_s = 2 lambda alpha,
     se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2

@@ -23,6 +23,7 @@ from .toolkit import (
     regressions_table,
     save_figure,
     study_header,
+    verdict_notes,
     verdict_table,
     write_skipped_report,
     write_study_report,
@@ -212,6 +213,7 @@ def render(r: dict) -> str:
         L.append("*This is not the paper's configuration*; `--preset paper` runs the App G.1 settings over the stated "
                  "grid (documented for a GPU).\n")
     L += [divergence_sentence(r.get("divergence")) + "\n", "## Verdicts\n", verdict_table(r["hypotheses"]), "",
+          verdict_notes(r["hypotheses"]) + "\n",
           "Per-run view (each run's own one-sided test, Holm across runs):\n", per_run_table(r["hypotheses"]), "",
           EQUIVALENCE_NOTE + "\n", *_h6(r), "## Results beside the paper\n", *_app_h(r), "## Figures\n"]
     L += [f"![{cap}](figures/{f})\n\n*{cap}*\n" for f, cap in FIGURES]

@@ -14,8 +14,16 @@ import numpy as np
 import pandas as pd
 
 from .format import MISSING, fmt_estimate, fmt_level, fmt_num, fmt_p, p_header
-from .toolkit import md_table, package_versions, per_run_table, regressions_table, save_figure, verdict_table, \
-    versions_table
+from .toolkit import (
+    md_table,
+    package_versions,
+    per_run_table,
+    regressions_table,
+    save_figure,
+    verdict_notes,
+    verdict_table,
+    versions_table,
+)
 
 __all__ = ["figures", "render", "FIGURES"]
 
@@ -143,7 +151,8 @@ def _hypotheses(res) -> list[str]:
     tab = res.runs
     if not res.hypotheses:
         return ["No run could be fitted, so no hypothesis was tested.", ""]
-    out = [verdict_table(res.hypotheses), "", "Per-run view (each run's own one-sided test, Holm across runs):", "",
+    out = [verdict_table(res.hypotheses), "", verdict_notes(res.hypotheses), "",
+           "Per-run view (each run's own one-sided test, Holm across runs):", "",
            per_run_table(res.hypotheses), ""]
     if "llc" in tab:
         neg = tab[tab["llc"].notna() & (tab["llc"] <= 0)]

@@ -21,6 +21,7 @@ from .toolkit import (
     save_figure,
     study_header,
     summary_cell,
+    verdict_notes,
     verdict_table,
     write_skipped_report,
     write_study_report,
@@ -228,6 +229,7 @@ def render(r: dict) -> str:
                 seeds=f"{cfg['train']['seeds']} seeds", device=r["device"], config_hash=r["config_hash"],
                 generated=r["generated"], wall_total_s=r["wall_total_s"]),
          divergence_sentence(r.get("divergence")) + "\n", "## Verdicts\n", verdict_table(r["hypotheses"]), "",
+         verdict_notes(r["hypotheses"]) + "\n",
          "Per-run view (each run's own one-sided test, Holm across runs):\n", per_run_table(r["hypotheses"]), "",
          "**Summary.**\n", *_summary(r), "", "## Results beside the paper\n",
          "The paper reports Fig 1 qualitatively (\"early super-diffusion followed by late stage sub-diffusion\") with "

@@ -20,6 +20,7 @@ from .toolkit import (
     methods_section,
     preset_label,
     study_header,
+    verdict_notes,
     verdict_table,
     write_skipped_report,
     write_study_report,
@@ -164,11 +165,11 @@ def _bottom_line(r: dict) -> list[str]:
                 f"sampler that has not converged or not mixed."]
     if str(h5s.verdict) == "supported":
         return []
+    js = h5s.details["metrics"].get("js", {})
     return ["- **Bottom line: the paper's claim that tempered SGD matches the SGLD posterior (Table 2: KL "
             f"{fmt_num(r['paper_table2']['kl'])}, JS {fmt_num(r['paper_table2']['js'])}) is not reproduced on our "
             "data**" + (f": KL(SGLD ‖ tempered SGD) = {fmt_estimate(kl['estimate'], *kl['ci'])}, JS = "
-                        f"{fmt_estimate(h5s.details['metrics']['js']['estimate'], h5s.details['metrics']['js']['ci_low'], h5s.details['metrics']['js']['ci_high'])}."
-                        if kl else ".")]
+                        f"{fmt_estimate(js.get('estimate'), js.get('ci_low'), js.get('ci_high'))}." if kl else ".")]
 
 
 def _structure_line(st) -> str:
@@ -381,6 +382,7 @@ def render(r: dict) -> str:
                 seeds=f"{r['config']['train']['seeds']} seeds", device=r["device"], config_hash=r["config_hash"],
                 generated=r["generated"], wall_total_s=r["wall_total_s"]),
          divergence_sentence(r.get("divergence")) + "\n", "## Verdicts\n", verdict_table(r["hypotheses"]), "",
+         verdict_notes(r["hypotheses"]) + "\n",
          "**Summary.**\n", *_summary_lines(r), "", "## Results beside the paper\n", *_table2_section(r),
          *_clusters_section(r), *_xi_section(r), "## Figures\n"]
     L += [f"![{cap}](figures/{f})\n\n*{cap}*\n" for f, cap in FIGURES]

@@ -24,6 +24,7 @@ from .toolkit import (
     save_figure,
     study_header,
     summary_cell,
+    verdict_notes,
     verdict_table,
     write_skipped_report,
     write_study_report,
@@ -279,6 +280,7 @@ def render(r: dict) -> str:
         L.append("*This is not the paper's configuration*: see Methods for every difference; `--preset paper` runs "
                  "App G.1's settings (documented for a GPU; `--device auto` picks CUDA when present).\n")
     L += [divergence_sentence(r.get("divergence")) + "\n", "## Verdicts\n", verdict_table(r["hypotheses"]), "",
+          verdict_notes(r["hypotheses"]) + "\n",
           "Per-run view (each run's own one-sided test, Holm across runs):\n", per_run_table(r["hypotheses"]), "",
           EQUIVALENCE_NOTE + "\n", "**Summary.**\n",
           f"- λ (final, mean of last {r['config']['llc_schedule']['last']}): median {_med(s['llc_final'])}; λ̄: median "

@@ -40,7 +40,7 @@ from .format import MISSING, fmt_estimate, fmt_level, fmt_num, fmt_p, fmt_pvalue
 
 __all__ = ["header", "verdict_table", "methods_section", "versions_table", "timings_table", "md_table",
            "package_versions", "save_figure", "write_text", "write_results_json", "read_results_json", "jsonable",
-           "file_mode", "per_run_table", "summary_cell", "regressions_table", "apply_style", "study_header",
+           "file_mode", "verdict_notes", "per_run_table", "summary_cell", "regressions_table", "apply_style", "study_header",
            "stage_timings", "preset_label", "divergence_sentence", "write_study_report", "write_skipped_report"]
 
 PathLike = Union[str, os.PathLike]
@@ -77,6 +77,33 @@ def verdict_table(tests: Sequence, bold_verdict: bool = True) -> str:
                      f"**{v}**" if bold_verdict else v, t.reason])
     return md_table(["hypothesis", "claim", "statistic", "estimate [interval]", "p-value (test)", "verdict",
                      "reason"], rows)
+
+
+def verdict_notes(tests: Sequence) -> str:
+    """How the verdicts above were reached: the one rule, and the points of it that concern the
+    hypotheses present (H1-H3 with few runs, the crossover, H5's TOST form and reference, H6/H7)."""
+    ids = {t.id.split("-")[0] for t in tests} | {t.id for t in tests}
+    notes = ["Every verdict comes from one rule (docs/methods.md#verdicts): *supported* when the whole interval lies "
+             "on the claim's side of the threshold and, where the test has a p-value, p < 1 − level; *contradicted* "
+             "when it lies wholly on the other side; *not supported* otherwise; *untestable* when no estimate or "
+             "interval exists; *inconclusive* only for a stated cause."]
+    if ids & {"H1", "H2", "H3"}:
+        notes.append("H1–H3 across runs need at least 3 runs (else untestable: the median has no bootstrap interval).")
+    if "crossover" in ids:
+        notes.append("The crossover is decided by its interval alone (contradicted when it lies above 0).")
+    h5 = [t for t in tests if t.id.startswith("H5")]
+    if h5:
+        one_sided = h5[0].details.get("bootstrap_level") or (1 + h5[0].level) / 2
+        notes.append("H5 is an equivalence claim decided in TOST form: the interval shown is the pair of one-sided "
+                     f"{fmt_level(one_sided)} bootstrap bounds (a {fmt_level(h5[0].level)} interval); the two-sided "
+                     "intervals of every divergence and "
+                     "the G-test of homogeneity (whose H0 is the claim itself, so it is not H5's p-value) are in "
+                     "results.json (the test's details). H5 against SGLD is inconclusive unless the SGLD reference "
+                     "converged.")
+    if ids & {"H6", "H7"}:
+        notes.append("H6 and H7 also need their one-sided p-value below 1 − level to be supported; H7's p-value is "
+                     "one-sided (H0: ρ ≥ 0; the two-sided one is in results.json).")
+    return "**How the verdicts are reached.** " + " ".join(notes)
 
 
 def versions_table(versions: Mapping[str, str]) -> str:

@@ -165,7 +165,7 @@ def _bottom_line(r: dict) -> list[str]:
                 f"sampler that has not converged or not mixed."]
     if str(h5s.verdict) == "supported":
         return []
-    js = h5s.details["metrics"].get("js", {})
+    js = h5s.details.get("metrics", {}).get("js", {})
     return ["- **Bottom line: the paper's claim that tempered SGD matches the SGLD posterior (Table 2: KL "
             f"{fmt_num(r['paper_table2']['kl'])}, JS {fmt_num(r['paper_table2']['js'])}) is not reproduced on our "
             "data**" + (f": KL(SGLD ‖ tempered SGD) = {fmt_estimate(kl['estimate'], *kl['ci'])}, JS = "

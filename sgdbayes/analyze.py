@@ -7,9 +7,10 @@ points evenly spaced in log t with AR(1)-error intervals (see
 :mod:`sgdbayes.stats.diffusion`), ``d_walk = 1/alpha`` (eq 12) and
 ``d_s = 2 lambda alpha`` with a delta-method interval
 ``se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2``. Plus a
-late-window fit after a crossover t_c (App B.3). Across runs: H1-H3
-(:mod:`sgdbayes.stats.hypotheses`) and regressions against the numeric run
-covariates (:mod:`sgdbayes.stats.regression`).
+late-window fit after a crossover t_c (App B.3). Across runs: H1-H3 as
+:class:`~sgdbayes.stats.results.HypothesisTest` verdicts (:func:`sgdbayes.stats.verdicts.test_h1_h3`,
+the rule of docs/methods.md#verdicts) and regressions against the numeric run covariates
+(:mod:`sgdbayes.stats.regression`). The report is :mod:`sgdbayes.reporting.analyze`.
 
 Outputs (each file written atomically; nothing else in DIR is touched):
 ``DIR/runs.csv``, ``DIR/report.md``, ``DIR/figures/*.png``. See docs/analyze_your_runs.md.
@@ -17,7 +18,6 @@ Outputs (each file written atomically; nothing else in DIR is touched):
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,7 +43,13 @@ RUNS_COLUMNS = ["run", "n_points", "alpha", "alpha_lo", "alpha_hi", "r2", "llc",
 
 @dataclass
 class AnalysisResult:
-    """Everything :func:`analyze_runs` computed: per-run table, skipped runs, tests, regressions."""
+    """Everything :func:`analyze_runs` computed: per-run table, skipped runs, tests, regressions.
+
+    ``hypotheses``: the across-run verdicts, one :class:`~sgdbayes.stats.results.HypothesisTest`
+    each (H1, H1-whole, H2, H3, H2-late, H3-late where the columns allow), decided by the one
+    rule of every sgdbayes report; ``per_run_tests``: the per-run results behind them
+    (:class:`~sgdbayes.stats.hypotheses.HypothesisResult`, keyed ``H1_late``, ``H2_whole``, ...).
+    """
 
     runs: pd.DataFrame
     skipped: pd.DataFrame
@@ -53,6 +59,7 @@ class AnalysisResult:
     covariates: list[str]
     settings: dict
     warnings: list[str] = field(default_factory=list)
+    per_run_tests: dict = field(default_factory=dict)
 
 
 def _parse_late_window(v: Union[str, float, None]):
@@ -93,8 +100,8 @@ def analyze_runs(
     shows a progress bar on stderr.
     """
     from .stats.diffusion import fit_diffusion
-    from .stats.hypotheses import test_all
     from .stats.regression import cross_run_regressions
+    from .stats.verdicts import test_h1_h3
 
     data = runs if isinstance(runs, RunsData) else validate_runs(runs)
     late_window = _parse_late_window(late_window)
@@ -136,10 +143,13 @@ def analyze_runs(
         tab = tab[first]
     skipped_df = pd.DataFrame(skipped, columns=["run", "n_points", "reason"])
     hyps: list = []
+    per_run: dict = {}
     regs = None
     warnings = list(data.warnings)
     if len(tab) >= 1:
-        hyps = test_all(tab, level=level)
+        late = "late_alpha" in tab and tab["late_alpha"].notna().any()
+        hyps, per_run = test_h1_h3(tab, level, seed, h1_windows=("late", "whole") if late else ("whole",),
+                                   windows=("whole", "late") if late else ("whole",))
     numeric_covs = [c for c in data.covariate_names
                     if c in tab and pd.api.types.is_numeric_dtype(tab[c]) and tab[c].nunique() > 1]
     if len(tab) >= 4:
@@ -159,184 +169,11 @@ def analyze_runs(
     settings = dict(min_points=min_points, late_window=late_window, n_grid=n_grid, method=method,
                     n_boot=n_boot, n_last_llc=n_last_llc, level=level, seed=seed)
     return AnalysisResult(runs=tab, skipped=skipped_df, fits=fits, hypotheses=hyps, regressions=regs,
-                          covariates=data.covariate_names, settings=settings, warnings=warnings)
+                          covariates=data.covariate_names, settings=settings, warnings=warnings,
+                          per_run_tests=per_run)
 
 
-# --------------------------------------------------------------------------- figures
-def _figures(res: AnalysisResult, data: RunsData, figdir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .reporting.markdown import atomic_savefig
-
-    out = []
-    runs = list(res.fits)
-    show = runs[:16]
-    ncol = min(4, len(show))
-    nrow = math.ceil(len(show) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False,
-                             constrained_layout=True)
-    df = data.data
-    for ax, run in zip(axes.flat, show):
-        g = df[(df["run"] == run) & (df["displacement"] > 0)]
-        f = res.fits[run]
-        t = g["step"].to_numpy(float)
-        ax.loglog(t, g["displacement"], ".", ms=2, color="0.5", label="R(t)")
-        tt = np.geomspace(t.min(), t.max(), 50)
-        ax.loglog(tt, np.exp(f.intercept) * tt ** f.alpha, "-", color="C0", lw=1.2,
-                  label=f"whole a={f.alpha:.2f}")
-        if f.late is not None:
-            tl = np.geomspace(f.late.t_min, f.late.t_max, 30)
-            ax.loglog(tl, np.exp(f.late.intercept) * tl ** f.late.alpha, "-", color="C3", lw=1.2,
-                      label=f"late a={f.late.alpha:.2f}")
-        if f.crossover is not None:
-            ax.axvspan(*f.crossover.conf_int().loc["t_c"], color="C3", alpha=0.12)
-            ax.axvline(f.crossover.t_c, color="C3", lw=0.6, ls="--")
-        ax.set_title(str(run), fontsize=8)
-        ax.legend(fontsize=6, loc="upper left")
-        ax.tick_params(labelsize=6)
-        ax.minorticks_off()
-    for ax in list(axes.flat)[len(show):]:
-        ax.set_visible(False)
-    fig.supxlabel("step t")
-    fig.supylabel("displacement R(t)")
-    title = "log-log displacement with eq-17 fits (shaded: t_c interval)"
-    if len(runs) > len(show):
-        title += f" - first {len(show)} of {len(runs)} runs"
-    fig.suptitle(title, fontsize=9)
-    atomic_savefig(fig, figdir / "curves_loglog.png", dpi=90, bbox_inches=None)
-    out.append("curves_loglog.png")
-    tab = res.runs
-    if "llc" in tab and tab["llc"].notna().any():
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-        m = tab["llc"].notna()
-        t = tab[m]
-        for pre, color, lab in (("", "C0", "whole"), ("late_", "C3", "late")):
-            if pre + "alpha" not in t or t[pre + "alpha"].isna().all():
-                continue
-            a = t[pre + "alpha"].astype(float)
-            axes[0].errorbar(t["llc"], a, yerr=[a - t[pre + "alpha_lo"].astype(float),
-                                                t[pre + "alpha_hi"].astype(float) - a],
-                             xerr=t["llc_se"].astype(float), fmt="o", ms=3, color=color, label=lab, lw=0.7)
-            d = t[pre + "d_s"].astype(float)
-            axes[1].errorbar(t["llc"], d, yerr=[d - t[pre + "d_s_lo"].astype(float),
-                                                t[pre + "d_s_hi"].astype(float) - d],
-                             xerr=t["llc_se"].astype(float), fmt="o", ms=3, color=color, label=lab, lw=0.7)
-        axes[0].axhline(0.5, color="k", ls="--", lw=0.8, label="alpha = 1/2")
-        axes[0].set_xlabel("lambda (final LLC)")
-        axes[0].set_ylabel("alpha (eq 17)")
-        lim = np.array([min(0, t["llc"].min()), t["llc"].max()])
-        axes[1].plot(lim, lim, "k--", lw=0.8, label="d_s = lambda")
-        axes[1].set_xlabel("lambda (final LLC)")
-        axes[1].set_ylabel("d_s = 2 lambda alpha")
-        for ax in axes:
-            ax.legend(fontsize=7)
-        fig.suptitle("alpha and d_s vs lambda (95% CIs)", fontsize=9)
-        atomic_savefig(fig, figdir / "alpha_ds_vs_llc.png")
-        out.append("alpha_ds_vs_llc.png")
-    return out
-
-
-# --------------------------------------------------------------------------- report
-def _report(res: AnalysisResult, runs_file: str, figures: list[str]) -> str:
-    from .reporting.markdown import fmt_ci, fmt_num, fmt_p, md_table, versions_block
-
-    s = res.settings
-    tab = res.runs
-    L = [f"# Diffusion analysis of `{runs_file}`", ""]
-    n_unfit = int(res.skipped["reason"].str.startswith("could not be fitted").sum()) if len(res.skipped) else 0
-    L += [f"- runs in file: {len(tab) + len(res.skipped)}; fitted: {len(tab)}; "
-          f"skipped (fewer than {s['min_points']} points with R > 0): {len(res.skipped) - n_unfit}; "
-          f"could not be fitted: {n_unfit}",
-          f"- run covariates: {', '.join(res.covariates) if res.covariates else 'none'}",
-          f"- late window: {s['late_window'] or 'none'}; grid: {s['n_grid']} points evenly spaced in log t; "
-          f"interval method: {s['method']} ({s['n_boot']} bootstrap draws); level {s['level']}", ""]
-    for w in res.warnings:
-        L.append(f"- warning: {w}")
-    L += ["## Methods", "",
-          "- Eq 17: `log R(t) = alpha log t + c`, alpha = d_s / (2 lambda); d_walk = 1/alpha (eq 12); "
-          "d_s = 2 lambda alpha. r2 is the OLS r2 of the log-log fit (the paper's r2).",
-          "- Residuals of log R(t) are strongly autocorrelated, so OLS (and Newey-West) intervals undercover. "
-          "Intervals here come from GLS with AR(1) errors (on a log-t or logging-index clock) whose t "
-          "statistic is calibrated by simulation; coverage measured in docs/intervals.md "
-          "(benchmarks/coverage.py). Column interval_flags names runs in conditions where it may undercover.",
-          "- Crossover t_c: two-segment (hinge) fit in log-log space, posterior interval integrated over the "
-          "error correlation; the late window is t >= t_c.",
-          "- Final lambda = mean of the last 10 non-missing LLC estimates, se = std/sqrt(n) (the estimates are "
-          "autocorrelated, so this se is optimistic); lambda_bar (H3) = mean of all estimates.",
-          "- d_s interval by the delta method: se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2.",
-          "- **Equivalence:** because d_s = 2 lambda alpha, H2 (d_s <= lambda, Lemma 3.4) is equivalent to "
-          "alpha <= 1/2 whenever lambda > 0: as measured by eq 17 it is a test of sub-diffusion and lambda "
-          "enters only through its sign. H3 (alpha <= lambda_bar / (2 lambda_final)) does depend on lambda. "
-          "Runs with lambda <= 0 are excluded from H2/H3 tests and listed separately.",
-          "- Per-run tests are one-sided with the claim as the alternative; Holm-adjusted across runs "
-          "(`multipletests(method='holm')`). Across runs: Wilcoxon signed-rank, alternative='less'.", ""]
-    L += ["## Hypotheses", ""]
-    if res.hypotheses:
-        rows = []
-        for h in res.hypotheses:
-            r = h.to_frame().iloc[0]
-            rows.append({"hypothesis": r["id"], "claim": r["claim"], "window": r["window"],
-                         "tested": r["n_tested"], "excluded": r["n_excluded"],
-                         "supported (Holm)": r["n_support_holm"],
-                         "share upper < threshold": fmt_num(r["share_upper_below"], 3),
-                         "median diff": fmt_num(r["estimate"], 3),
-                         "Wilcoxon p (less)": fmt_p(r["pvalue"])})
-        L += [md_table(pd.DataFrame(rows)), ""]
-        L += [f"- {h.summary()}" for h in res.hypotheses]
-        L.append("")
-        if "llc" in tab:
-            neg = tab[tab["llc"].notna() & (tab["llc"] <= 0)]
-            nol = tab[tab["llc"].isna()]
-            L.append(f"Runs with lambda <= 0: {len(neg)}" + (f" ({', '.join(neg['run'])})" if len(neg) else "")
-                     + f"; runs without LLC: {len(nol)}.")
-            if len(neg):
-                L += ["", md_table(neg[["run", "llc", "llc_se", "alpha", "d_s"]]), ""]
-            L.append("")
-    else:
-        L += ["No run could be fitted, so no hypothesis was tested.", ""]
-    L += ["## Per-run fits", ""]
-    if len(tab):
-        per = pd.DataFrame({
-            "run": tab["run"], "n": tab["n_points"],
-            "alpha [95% CI]": [fmt_ci(a, lo, hi) for a, lo, hi in zip(tab["alpha"], tab["alpha_lo"], tab["alpha_hi"])],
-            "r2": [fmt_num(v, 3) for v in tab["r2"]],
-            "p(alpha<1/2)": [fmt_p(v) for v in tab["p_subdiffusive"]],
-            "t_c [CI]": [fmt_ci(a, lo, hi) for a, lo, hi in zip(tab["t_c"], tab["t_c_lo"], tab["t_c_hi"])],
-            "late alpha [CI]": [fmt_ci(a, lo, hi) for a, lo, hi in
-                                zip(tab["late_alpha"], tab["late_alpha_lo"], tab["late_alpha_hi"])],
-            "lambda": [fmt_ci(v, v - 1.96 * s_ if s_ is not None and s_ == s_ else None,
-                              v + 1.96 * s_ if s_ is not None and s_ == s_ else None)
-                       for v, s_ in zip(tab["llc"], tab["llc_se"])],
-            "d_s [CI]": [fmt_ci(a, lo, hi) for a, lo, hi in zip(tab["d_s"], tab["d_s_lo"], tab["d_s_hi"])],
-        })
-        L += [md_table(per), ""]
-    if len(res.skipped):
-        L += [f"Skipped and unfit runs ({len(res.skipped)}), with the reason:", "", md_table(res.skipped), ""]
-    L += ["## Cross-run regressions", ""]
-    if res.regressions is not None:
-        rt = res.regressions.table.copy()
-        show = pd.DataFrame({"y": rt["y"], "x": rt["x"], "kind": rt["kind"], "n": rt["n"],
-                             "estimate [95% CI]": [fmt_ci(e, lo, hi) for e, lo, hi in
-                                                   zip(rt["estimate"], rt["lo"], rt["hi"])],
-                             "p": [fmt_p(v) for v in rt["p"]], "p (Holm)": [fmt_p(v) for v in rt["p_holm"]],
-                             "note": rt["note"]})
-        L += ["OLS slopes with HC3 intervals, Spearman rho with bootstrap intervals over runs, Deming "
-              "(errors-in-variables) slope for d_s vs lambda with bootstrap interval; all p-values "
-              f"Holm-adjusted across the {int(rt['p'].notna().sum())} tests of this table.", "",
-              md_table(show), ""]
-    else:
-        L += ["Not computed (fewer than 4 fitted runs or no numeric covariate / LLC).", ""]
-    L += ["## Figures", ""]
-    for f in figures:
-        L.append(f"![{f}](figures/{f})")
-    L += ["", "## Versions", "", versions_block(), ""]
-    return "\n".join(L)
-
-
-OUTPUTS = ("runs.csv", "report.md", "figures/curves_loglog.png", "figures/alpha_ds_vs_llc.png")
+OUTPUTS = ("runs.csv", "report.md", "figures/curves_loglog.png", "figures/alpha_ds_vs_llc.png")  # see reporting.analyze
 
 
 def write_outputs(res: AnalysisResult, data: RunsData, out_dir: Path, runs_file: str, force: bool = False,
@@ -349,14 +186,15 @@ def write_outputs(res: AnalysisResult, data: RunsData, out_dir: Path, runs_file:
     """
     from ._io import atomic_write_text
     from .outdir import OutputDir
+    from .reporting.analyze import figures, render
 
     out = OutputDir(out_dir, "analyze", force=force)
     if data.path is not None:
         out.refuse_overwriting([data.path], OUTPUTS)
     with out.claim(lock_timeout, log=lambda m: print(m, file=sys.stderr)):
         atomic_write_text(out.path / "runs.csv", res.runs.to_csv(index=False))
-        figs = _figures(res, data, out.path / "figures") if len(res.runs) else []
-        atomic_write_text(out.path / "report.md", _report(res, runs_file, figs))
+        figs = figures(res, data, out.path / "figures") if len(res.runs) else []
+        atomic_write_text(out.path / "report.md", render(res, runs_file, figs))
         out.commit(["runs.csv", "report.md", *(f"figures/{f}" for f in figs)])
     return Path(out_dir)
 

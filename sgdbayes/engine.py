@@ -19,7 +19,7 @@ What is computed (per seed i, independent of K and of ``chunk_size``):
   added to the gradient) and ``torch.optim.Adam`` (L2 weight decay added to the
   gradient, bias-corrected moments, ``eps`` outside the square root), applied
   in place to flat buffers holding all K models.
-* **Displacement** (SCIENCE.md §2): R(t) = ||w_t - w_0||_2 over all trainable
+* **Displacement** (docs/methods.md#measured-quantities): R(t) = ||w_t - w_0||_2 over all trainable
   parameters, t = number of optimizer steps taken, recorded on the step grid of
   :func:`record_grid` (geometric in t, union every ``record_every`` steps, plus the last).
 * **Train loss / accuracy** along training: at grid step t, the mean over the
@@ -264,7 +264,7 @@ class _BatchStream:
 
 
 def displacement(w: Tensor, w0: Tensor) -> Tensor:
-    """R(t) = ||w_t - w_0||_2 per model (SCIENCE.md §2), rows of ``[K, P]`` -> ``[K]``."""
+    """R(t) = ||w_t - w_0||_2 per model (docs/methods.md#measured-quantities), rows of ``[K, P]`` -> ``[K]``."""
     return torch.linalg.vector_norm(w - w0, dim=1)
 
 
@@ -584,7 +584,7 @@ class _ChunkRun:
             n_acc += 1
             if gi < G and self.grid[gi] == t:
                 act = self.active.cpu().numpy()
-                # R(t) = ||w_t - w_0||_2 (SCIENCE.md §2): per-block norms in the parameter
+                # R(t) = ||w_t - w_0||_2 (docs/methods.md): per-block norms in the parameter
                 # dtype (no float64 copy of the weights), combined over blocks in float64
                 torch.sub(self.params.flat, w0_blocked.flat, out=diff.flat)
                 d2 = torch.zeros(k, dtype=torch.float64, device=x_all.device)

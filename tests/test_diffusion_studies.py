@@ -10,13 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgdbayes.pipelines._diffusion_common import h7_prediction, llc_summaries, parse_layers
-from sgdbayes.pipelines.sections import FitConfig
-from sgdbayes.pipelines.ablations import h6_contrast
+from sgdbayes.pipelines._diffusion_common import parse_layers
 from sgdbayes.pipelines.anomalous_diffusion import local_slopes
-from sgdbayes.reporting.pc_report import fmt, fmt_ci
+from sgdbayes.reporting.format import fmt_estimate, fmt_num
+from sgdbayes.reporting.toolkit import read_results_json
 from sgdbayes.runner.config import list_studies, load_study, resolve_config
 from sgdbayes.runner.orchestrate import run_study
+from sgdbayes.stats.ablation import h6_contrast
+from sgdbayes.stats.prediction import predict_late_displacement
+from sgdbayes.stats.results import HypothesisTest
+from sgdbayes.stats.summaries import llc_summaries
 
 STUDIES = ("anomalous_diffusion", "spectral_dimension", "ablations")
 
@@ -75,19 +78,20 @@ def test_local_slope_of_power_laws():
 def test_h7_prediction_exact_on_a_power_law():
     t = np.unique(np.r_[np.arange(10, 1001, 10), np.rint(np.geomspace(1, 1000, 60))])
     disp = np.stack([2.0 * t ** 0.4, 0.5 * t ** 0.25])
-    p = h7_prediction(t, disp, 0.5, FitConfig())
-    np.testing.assert_allclose(p["rel_err_final"], 0, atol=1e-8)
-    np.testing.assert_allclose(p["alpha_early"], [0.4, 0.25], atol=1e-8)
-    assert p["n_failed"] == 0
+    p = predict_late_displacement(t, disp, 0.5)
+    np.testing.assert_allclose(p.rel_err_final, 0, atol=1e-8)
+    np.testing.assert_allclose(p.alpha_early, [0.4, 0.25], atol=1e-8)
+    np.testing.assert_allclose(np.exp(p.intercept_early), [2.0, 0.5], rtol=1e-8)  # what the Fig-14 curves draw
+    assert p.n_failed == 0
 
 
 def test_llc_summaries_last_and_time_average():
     llc = np.array([[1.0, 2.0, 3.0, 4.0], [np.nan, 1.0, 1.0, 1.0]])
     s = llc_summaries(llc, last=2)
-    np.testing.assert_allclose(s["llc_final"], [3.5, 1.0])
-    np.testing.assert_allclose(s["llc_mean"], [2.5, 1.0])
-    np.testing.assert_allclose(s["llc_final_se"][0], np.std([3, 4], ddof=1) / math.sqrt(2))
-    assert list(s["n_missing"]) == [0, 1]
+    np.testing.assert_allclose(s.llc_final, [3.5, 1.0])
+    np.testing.assert_allclose(s.llc_mean, [2.5, 1.0])
+    np.testing.assert_allclose(s.llc_final_se[0], np.std([3, 4], ddof=1) / math.sqrt(2))
+    assert list(s.n_missing) == [0, 1]
 
 
 def test_h6_contrast_detects_lr_tracking():
@@ -98,10 +102,11 @@ def test_h6_contrast_detects_lr_tracking():
     df = pd.DataFrame({"log10_lr": lr, "log2_batch": b, "d_s": 2 * lr + rng.normal(0, 0.3, n),
                        "llc": 0.1 * lr + rng.normal(0, 1.0, n)})
     out = h6_contrast(df, ["log10_lr", "log2_batch"], n_boot=300, level=0.95, seed=0)
-    assert out["delta"] > 0.5 and out["delta_ci"][0] > 0 and out["p"] < 0.05
+    assert out.delta > 0.5 and out.conf_int().loc["delta", "ci_low"] > 0 and out.delta_pvalue < 0.05
     df2 = df.assign(d_s=df["llc"] + rng.normal(0, 0.01, n))  # both track lr the same way
     out2 = h6_contrast(df2, ["log10_lr", "log2_batch"], n_boot=300, level=0.95, seed=0)
-    assert out2["delta_ci"][0] < 0 < out2["delta_ci"][1]
+    lo, hi = out2.conf_int().loc["delta"]
+    assert lo < 0 < hi
 
 
 # --------------------------------------------------------------------------- quick presets end to end
@@ -116,55 +121,72 @@ def quick_reports(tmp_path_factory):
     return out
 
 
-REQUIRED = {"anomalous_diffusion": {"H1"}, "spectral_dimension": {"H1", "H2", "H3", "H7"},
-            "ablations": {"H6", "H7"}}
+REQUIRED = {"anomalous_diffusion": {"H1", "H1-whole", "crossover"},
+            "spectral_dimension": {"H1", "H2", "H3", "H2-late", "H3-late", "H7", "H7-prediction"},
+            "ablations": {"H6", "H1-SGD", "H7-SGD", "H7-prediction-SGD"}}
+
+
+def _verdict_section(text: str) -> str:
+    return text.split("## Verdicts", 1)[1].split("\n\n", 2)[1]
+
+
+def check_verdicts_shown(text: str, res: dict) -> None:
+    """Every stored HypothesisTest is a row of the report's verdict table with its estimate,
+    interval, p-value and verdict, formatted by the one formatter."""
+    rows = {line.split("|")[1].strip(): line for line in _verdict_section(text).splitlines()[2:]}
+    assert len(rows) == len(res["hypotheses"])
+    for h in res["hypotheses"]:
+        assert isinstance(h, HypothesisTest)
+        row = rows[h.id]
+        assert f"**{h.verdict}**" in row and fmt_estimate(h.estimate, h.ci_low, h.ci_high) in row
+        if h.pvalue is not None:
+            assert fmt_num(h.pvalue) in row
+        assert "n/a" not in row and "nan" not in row
 
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_quick_report_numbers_match_results_json(quick_reports, study):
     r, d = quick_reports[study]
     text = (d / "report.md").read_text()
-    res = json.loads((d / "results.json").read_text())
+    res = read_results_json(d / "results.json")
     assert res["study"] == study and res["presets"] == ["quick"]
-    ids = {h["id"].split(" ")[0] for h in res["hypotheses"]}
-    assert REQUIRED[study] <= ids
-    verdicts = text.split("## Verdicts", 1)[1].split("\n\n", 2)[1]
-    for h in res["hypotheses"]:
-        assert h["verdict"] in verdicts
-        if h["value"] is not None:
-            assert fmt(h["value"]) in verdicts
-        assert fmt_ci(h["ci"]) in verdicts  # every estimate shows its interval ("—" only when undefined)
-        if h["pvalue"] is not None:
-            assert fmt(h["pvalue"]) in verdicts
-    assert f"total wall time {fmt(res['wall_total_s'])} s" in text
+    assert REQUIRED[study] <= {h.id for h in res["hypotheses"]}
+    check_verdicts_shown(text, res)
+    assert f"total wall time {fmt_num(res['wall_total_s'])} s" in text
     for f in res["figures"]:
         assert (d / f).is_file() and f in text
-    assert "## Methods" in text and "## Diagnostics" in text
+    assert "## Methods" in text and "## Diagnostics" in text and "SCIENCE" not in text
 
 
 def test_quick_spectral_report_states_equivalence_and_nonpositive_runs(quick_reports):
     _, d = quick_reports["spectral_dimension"]
     text = (d / "report.md").read_text()
-    res = json.loads((d / "results.json").read_text())
+    res = read_results_json(d / "results.json")
     assert "d_s ≤ λ is α ≤ 1/2" in text and "Runs with λ ≤ 0" in text
     assert f"{res['summary']['n_llc_nonpositive']} of {res['summary']['n_fitted']} runs have λ ≤ 0" in text
     assert "MNIST-1D generated offline" in text
-    for x in res["per_run"]:
-        assert fmt(x["d_s"]) in text
+    for v in res["per_run"]["d_s"]:
+        assert fmt_num(v) in text
     t7 = res["sweep"]["arch"]
     assert [a["row"] for a in t7] == [8, 12] and all(a["widths"][0] == 40 for a in t7)
+    # with 2 sweep runs the medians have no bootstrap interval: untestable, and the reason says why
+    sweep = [h for h in res["hypotheses"] if h.id.endswith("-sweep")]
+    assert sweep and all(str(h.verdict) == "untestable" and "at least 3" in h.reason for h in sweep)
 
 
 def test_quick_ablations_app_h_table(quick_reports):
     _, d = quick_reports["ablations"]
     text = (d / "report.md").read_text()
-    res = json.loads((d / "results.json").read_text())
+    res = read_results_json(d / "results.json")
     labs = [x["optimizer"] for x in res["app_h"]]
     assert labs == ["sgd", "sgd+momentum 0.9", "adam"]
     for x in res["app_h"]:
-        assert f"{fmt(x['d_s']['mean'])} {fmt_ci(x['d_s']['mean_ci'])}" in text
-        assert f"{fmt(x['llc']['mean'])} {fmt_ci(x['llc']['mean_ci'])}" in text
+        for key in ("d_s", "llc"):
+            s = x[key]
+            assert f"{fmt_estimate(s.mean, *s.conf_int().loc['mean'])}" in text
     assert "7.816" in text and "0.4061" in text  # the paper's App-H values beside ours
+    h6 = res["h6"]
+    assert fmt_num(h6.delta) in text and r"Δ = \|β(d_s)\| − \|β(λ)\|" in text  # pipes escaped in the table
 
 
 def test_quick_rerun_loads_from_cache(quick_reports, tmp_path):
@@ -206,14 +228,10 @@ def test_committed_default_report_matches_its_results_json(study):
     d = Path(__file__).resolve().parents[1] / "reports" / study
     if not (d / "results.json").is_file():
         pytest.skip(f"no committed report for {study}")
-    res = json.loads((d / "results.json").read_text())
+    res = read_results_json(d / "results.json")
     text = (d / "report.md").read_text()
     assert res["presets"] == [load_study(study).default_preset]
-    verdicts = text.split("## Verdicts", 1)[1].split("\n\n", 2)[1]
-    for h in res["hypotheses"]:
-        assert h["verdict"] in verdicts and fmt_ci(h["ci"]) in verdicts
-        if h["value"] is not None:
-            assert fmt(h["value"]) in verdicts
-    assert f"total wall time {fmt(res['wall_total_s'])} s" in text
+    check_verdicts_shown(text, res)
+    assert f"total wall time {fmt_num(res['wall_total_s'])} s" in text
     for f in res["figures"]:
         assert (d / f).is_file()

@@ -167,10 +167,10 @@ def test_chain_bootstrap_wider_than_naive_sample_bootstrap():
     groups_q = np.repeat(np.arange(n_chain), per_chain)
     labels_p = rng.choice(3, size=400, p=[0.4, 0.4, 0.2])
     kw = dict(metrics=("js",), gtest=False, n_boot=400)
-    chain = bootstrap_divergences(labels_p, labels_q, [0, 1, 2], groups_q=groups_q, rng=2, **kw)
-    naive = bootstrap_divergences(labels_p, labels_q, [0, 1, 2], rng=2, **kw)
-    w_chain = np.subtract(*chain.intervals["js"][::-1])
-    w_naive = np.subtract(*naive.intervals["js"][::-1])
+    chain = bootstrap_divergences(labels_p, labels_q, [0, 1, 2], groups_q=groups_q, seed=2, **kw)
+    naive = bootstrap_divergences(labels_p, labels_q, [0, 1, 2], seed=2, **kw)
+    w_chain = np.subtract(*tuple(chain.conf_int().loc["js"])[::-1])
+    w_naive = np.subtract(*tuple(naive.conf_int().loc["js"])[::-1])
     assert w_chain > 3 * w_naive
     assert "chains (8)" in chain.unit_q and naive.unit_q == "runs"
 
@@ -192,8 +192,8 @@ def test_bootstrap_coverage_of_js_interval():
     R, N, hits = 150, 300, 0
     for _ in range(R):
         lp, lq = rng.choice(3, size=N, p=p), rng.choice(3, size=N, p=q)
-        b = bootstrap_divergences(lp, lq, [0, 1, 2], metrics=("js",), gtest=False, n_boot=200, rng=rng)
-        lo, hi = b.intervals["js"]
+        b = bootstrap_divergences(lp, lq, [0, 1, 2], metrics=("js",), gtest=False, n_boot=200, seed=rng)
+        lo, hi = b.conf_int().loc["js"]
         hits += lo <= truth <= hi
     assert hits / R >= 0.85
 
@@ -204,11 +204,11 @@ def test_equivalence_verdicts():
     same_q = rng.choice(3, size=3000, p=[0.5, 0.3, 0.2])
     far_q = rng.choice(3, size=3000, p=[0.1, 0.2, 0.7])
     C = np.array([[0.0, 0.0], [0.01, 0.0], [0.0, 0.01]])
-    eq = bootstrap_divergences(same_p, same_q, [0, 1, 2], centroids=C, n_boot=300, rng=4)
-    neq = bootstrap_divergences(same_p, far_q, [0, 1, 2], centroids=C, n_boot=300, rng=4)
+    eq = bootstrap_divergences(same_p, same_q, [0, 1, 2], centroids=C, n_boot=300, seed=4)
+    neq = bootstrap_divergences(same_p, far_q, [0, 1, 2], centroids=C, n_boot=300, seed=4)
     assert eq.equivalent["js"] and eq.equivalent["kl_smoothed"]
     assert not neq.equivalent["js"] and not neq.equivalent["kl"]
-    assert eq.upper["js"] >= eq.point.js  # the upper bound lies above the estimate here
+    assert eq.one_sided_bounds("js")[1] >= eq.point.js  # the upper bound lies above the estimate here
     df = eq.to_frame()
     assert set(df["key"]) == {"kl", "kl_smoothed", "js", "w1"}
     assert not df[["estimate", "ci_low", "ci_high", "upper_one_sided"]].isna().any().any()
@@ -219,11 +219,11 @@ def test_equivalence_verdicts():
 def test_bootstrap_infinite_kl_never_nan():
     lp = np.array([0] * 50 + [1] * 50 + [2] * 3)
     lq = np.array([0] * 60 + [1] * 40)  # category 2 absent from Q
-    b = bootstrap_divergences(lp, lq, [0, 1, 2], n_boot=200, rng=5)
+    b = bootstrap_divergences(lp, lq, [0, 1, 2], n_boot=200, seed=5)
     assert b.point.kl == np.inf and b.n_inf["kl"] > 0
-    lo, hi = b.intervals["kl"]
+    lo, hi = b.conf_int().loc["kl"]
     assert not np.isnan(lo) and not np.isnan(hi) and hi == np.inf
-    assert np.isfinite(b.intervals["kl_smoothed"][1])
+    assert np.isfinite(b.conf_int().loc["kl_smoothed", "ci_high"])
 
 
 def test_resample_runs_shape_and_percentile():
@@ -255,10 +255,10 @@ def test_chain_bootstrap_coverage_with_sticky_chains():
     for _ in range(R):
         lp = rng.choice(3, size=300, p=p)
         lq = np.concatenate([chain(200) for _ in range(10)])
-        kw = dict(metrics=("js",), gtest=False, n_boot=300, rng=rng)
-        lo, hi = bootstrap_divergences(lp, lq, [0, 1, 2], groups_q=g, **kw).intervals["js"]
+        kw = dict(metrics=("js",), gtest=False, n_boot=300, seed=rng)
+        lo, hi = bootstrap_divergences(lp, lq, [0, 1, 2], groups_q=g, **kw).conf_int().loc["js"]
         hc += lo <= truth <= hi
-        lo, hi = bootstrap_divergences(lp, lq, [0, 1, 2], **kw).intervals["js"]
+        lo, hi = bootstrap_divergences(lp, lq, [0, 1, 2], **kw).conf_int().loc["js"]
         hn += lo <= truth <= hi
     assert hc / R >= 0.85 and hn / R <= 0.7
 

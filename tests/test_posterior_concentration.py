@@ -2,7 +2,6 @@
 report contents, and every number of the report's main tables against results.json."""
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -10,7 +9,10 @@ import numpy as np
 import pytest
 
 from sgdbayes.pipelines import posterior_concentration as pc
+from sgdbayes.reporting.toolkit import read_results_json
 from sgdbayes.runner.orchestrate import Stage, run_study
+from sgdbayes.stats.concentration import convergence_filter
+from sgdbayes.stats.results import HypothesisTest, Verdict
 
 PC = "posterior_concentration"
 
@@ -40,7 +42,7 @@ def quick_run(tmp_path_factory):
     resumed_logs = list(logs)
     logs.clear()
     cached = run_study(PC, ["quick"], out=out, device="cpu", log=logs.append)
-    results = json.loads((out / "results.json").read_text())
+    results = read_results_json(out / "results.json")
     report = (out / "report.md").read_text()
     return dict(out=out, first_logs=first_logs, resumed=resumed, resumed_logs=resumed_logs, cached=cached,
                 cached_logs=list(logs), results=results, report=report)
@@ -73,6 +75,7 @@ def test_results_have_everything_the_report_needs(quick_run):
     # LLC: nβ = B / log B for B = 128, negatives counted
     assert res["llc"]["nbeta"] == pytest.approx(128 / math.log(128))
     assert res["llc"]["n_negative"] == int(res["llc"]["n_negative"]) >= 0
+    assert res["llc"]["used"].n == res["ensemble"]["n_used"]  # summaries are RunSummary results
     # Table 2: both references, against tempered and raw SGD, four metrics, intervals bracket estimates
     keys = {(t["reference"], t["target"], t["metric"]) for t in res["table2"]}
     for ref in ("SGLD", "free energy"):
@@ -102,17 +105,21 @@ def test_results_have_everything_the_report_needs(quick_run):
     assert len(sg["rhat_chain"]) == 3 and len(sg["ess_chain"]) == 3
     assert sg["samples_left_seed_cluster"] == sum(sg["left_seed_cluster"])
     assert sg["restates_seeding"] == (sg["samples_left_seed_cluster"] == 0)
-    ids = [(h["id"], h["claim"]) for h in res["hypotheses"]]
-    assert [i for i, _ in ids] == ["H4", "H4", "H5", "H5"]
-    for h in res["hypotheses"]:
-        assert h["verdict"].split(":")[0] in {"supported", "not supported", "inconclusive", "untestable",
-                                               "λ̂ differs between clusters (p < 0.05)",
-                                               "no detectable λ̂ difference between clusters (p ≥ 0.05)"}
+    hyps = res["hypotheses"]
+    assert all(isinstance(h, HypothesisTest) for h in hyps)
+    assert [h.id for h in hyps] == ["H4", "H4-kruskal", "H5-sgld", "H5-free-energy"]
+    # H5 against SGLD is decided only against a converged reference (pooled split-R̂ <= 1.01, ESS >= 400)
+    ref = sg["reference"]
+    assert ref["converged"] == (sg["rhat_all"] <= 1.01 and sg["ess_all"] >= 400)
+    h5s = hyps[2]
+    if not ref["converged"]:
+        assert h5s.verdict is Verdict.INCONCLUSIVE and h5s.reason.startswith("reference not converged (R̂ ")
+        assert "ESS" in h5s.reason
     # the structure test is reported and the fallback is labelled
     st = res["structure"]
-    assert st["partition_kind"] in ("hdbscan", "gmm_fallback")
-    if st["partition_kind"] == "gmm_fallback":
-        assert st["partition_label"] == "partition without separated basins"
+    assert st.partition_kind in ("hdbscan", "gmm_fallback")
+    if st.partition_kind == "gmm_fallback":
+        assert st.partition_label == "partition without separated basins"
         assert "partition without separated basins" in quick_run["report"]
 
 
@@ -176,15 +183,16 @@ def test_report_numbers_match_results_json(quick_run):
     rows = _section_table(rep, "## Verdicts")
     assert len(rows) == len(res["hypotheses"])
     for row, h in zip(rows, res["hypotheses"]):
-        assert row[0] == h["id"] and row[6] == h["verdict"]
-        assert _close(_num(row[3]), h["value"])
-        ci = _ci(row[4])
-        if h["ci"][0] is None:
-            assert ci is None
+        assert row[0] == h.id and row[5] == f"**{h.verdict}**"
+        est, _, iv = row[3].partition(" [")
+        assert _close(_num(est), h.estimate)
+        if math.isnan(h.ci_low):
+            assert not iv
         else:
-            assert _close(ci[0], h["ci"][0]) and _close(ci[1], h["ci"][1])
-        p = row[5].split(" (")[0]
-        assert _close(_num(p), h["pvalue"])
+            lo, hi = _ci("[" + iv.split("]")[0] + "]")
+            assert _close(lo, h.ci_low) and _close(hi, h.ci_high)
+        p = row[4].split(" (")[0]
+        assert _close(_num(p), h.pvalue)
     # Table 2
     rows = _section_table(rep, "### Table 2")
     assert len(rows) == len(res["table2"])
@@ -202,7 +210,7 @@ def test_report_numbers_match_results_json(quick_run):
     # cluster table
     rows = _section_table(rep, "### Clusters")
     assert len(rows) == len(res["clusters"])
-    for row, c in zip(rows, res["clusters"]):
+    for row, c in zip(rows, res["clusters"].to_dict(orient="records")):
         assert row[0] == c["name"] and int(row[1]) == c["n"]
         for col, key in ((2, "P_sgd"), (5, "llc_c"), (11, "P_temp"), (12, "P_sgld"), (13, "P_F")):
             assert _close(_num(row[col]), c[key]), (key, row[col], c[key])
@@ -213,6 +221,7 @@ def test_report_numbers_match_results_json(quick_run):
     assert m and int(m.group(1)) == res["llc"]["n_negative"] and int(m.group(2)) == res["ensemble"]["n_runs"]
     # nβ is stated
     assert f"nβ = {res['llc']['nbeta']:.4g}" in rep
+    assert "n/a" not in rep and "SCIENCE" not in rep
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -221,7 +230,8 @@ def test_convergence_filter_relative_plateau():
     steps = np.arange(1, 101)
     flat = np.full(100, 0.3)
     falling = 1.0 - 0.005 * steps  # drop over last 10 steps = 0.05 around 0.5 level -> ~10 %
-    rel, passed = pc.convergence_filter(steps, np.stack([flat, falling, flat * np.nan]), 0.1, 0.01)
+    f = convergence_filter(steps, np.stack([flat, falling, flat * np.nan]), 0.1, 0.01)
+    rel, passed = f.rel_drop, f.passed
     assert rel[0] == pytest.approx(0.0, abs=1e-12) and passed[0]
     assert rel[1] == pytest.approx(0.005 * 10 / np.mean(falling[steps >= 90]), rel=1e-6) and not passed[1]
     assert not passed[2]
@@ -236,3 +246,30 @@ def test_sgld_seeding_ranks_loss_and_llc_and_skips_negative_llc():
     assert pick.tolist() == [1, 0] and "λ̂ ≤ 0 excluded" in how
     pick, how = pc.select_sgld_starts(loss, llc, labels, 2, "per_cluster", [0, 1, -1])
     assert pick.tolist() == [1, 2] and "one chain per cluster" in how
+
+
+def test_sgld_reference_convergence_criterion_is_the_analysis_config():
+    """H5-sgld is conditioned on split-R̂ ≤ analysis.reference_max_rhat and ESS ≥ reference_min_ess
+    (issue 16's targets by default); an unconverged reference yields 'inconclusive', never 'not supported'."""
+    from sgdbayes.pipelines.posterior_concentration_analysis import _reference_converged
+    from sgdbayes.pipelines.posterior_concentration_config import AnalysisConfig
+    from sgdbayes.stats.concentration import test_h5
+    from sgdbayes.stats.divergence import bootstrap_divergences
+
+    ac = AnalysisConfig()
+    assert (ac.reference_max_rhat, ac.reference_min_ess) == (1.01, 400.0)
+    ok, why = _reference_converged({"rhat_all": 1.005, "ess_all": 512.0}, ac)
+    assert ok and "R̂ 1.005" in why
+    for rhat, ess in ((1.73, 23.1), (1.005, 23.1), (1.73, 900.0), (float("nan"), 900.0)):
+        ok, why = _reference_converged({"rhat_all": rhat, "ess_all": ess}, ac)
+        assert not ok
+    ok, why = _reference_converged({"rhat_all": 1.73, "ess_all": 23.1}, ac)
+    assert why == "R̂ 1.73 (needs ≤ 1.01), ESS 23.1 (needs ≥ 400)"
+    g = np.random.default_rng(0)
+    far = bootstrap_divergences(g.choice(3, 300, p=[0.8, 0.1, 0.1]), g.choice(3, 300, p=[0.1, 0.1, 0.8]), [0, 1, 2],
+                                centroids=np.eye(3), n_boot=50, seed=1)
+    assert test_h5(far, "SGLD").verdict is Verdict.CONTRADICTED
+    h = test_h5(far, "SGLD", reference_converged=False, convergence_note=why)
+    assert h.verdict is Verdict.INCONCLUSIVE and h.reason.startswith(f"reference not converged ({why})")
+    with pytest.raises(ValueError, match="reference_max_rhat"):
+        AnalysisConfig(reference_max_rhat=0.5)

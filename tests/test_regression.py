@@ -21,14 +21,14 @@ def test_ols_hc3_and_holm_family():
     df = _df()
     r = cross_run_regressions(df, [("d_s", "llc"), ("d_s", "lr"), ("noise", "lr")], eiv=[("d_s", "llc")],
                               eiv_se={"d_s": "d_s_se", "llc": "llc_se"}, n_boot=300)
-    t = r.table
+    t = r.frame
     assert len(t) == 7
     ols = sm.OLS(df["d_s"], sm.add_constant(df["llc"])).fit(cov_type="HC3", use_t=True)
     row = t[(t.kind == "ols_hc3") & (t.x == "llc")].iloc[0]
     assert row["estimate"] == pytest.approx(ols.params["llc"])
-    assert row["p"] == pytest.approx(ols.pvalues["llc"])
-    np.testing.assert_allclose(t["p_holm"], multipletests(t["p"], method="holm")[1])
-    assert t.loc[(t.kind == "ols_hc3") & (t.y == "noise"), "p_holm"].iloc[0] > 0.05
+    assert row["pvalue"] == pytest.approx(ols.pvalues["llc"])
+    np.testing.assert_allclose(t["pvalue_holm"], multipletests(t["pvalue"], method="holm")[1])
+    assert t.loc[(t.kind == "ols_hc3") & (t.y == "noise"), "pvalue_holm"].iloc[0] > 0.05
     assert "Holm" in r.summary()
 
 
@@ -47,9 +47,9 @@ def test_spearman_bootstrap_interval_and_unestimable():
     df = _df()
     df["const"] = 1.0
     r = cross_run_regressions(df, [("d_s", "llc"), ("d_s", "const")], n_boot=300)
-    t = r.table
+    t = r.frame
     sp = t[(t.kind == "spearman") & (t.x == "llc")].iloc[0]
-    assert sp["lo"] < sp["estimate"] < sp["hi"] and sp["estimate"] > 0.5
+    assert sp["ci_low"] < sp["estimate"] < sp["ci_high"] and sp["estimate"] > 0.5
     bad = t[t.x == "const"]
-    assert bad["p"].isna().all() and bad["note"].str.contains("not estimable").all()
-    assert bad["p_holm"].isna().all()
+    assert bad["pvalue"].isna().all() and bad["note"].str.contains("not estimable").all()
+    assert bad["pvalue_holm"].isna().all()

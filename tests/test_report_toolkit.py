@@ -135,3 +135,13 @@ def test_results_json_round_trips_results(tmp_path):
     assert math.isclose(hb.ci_high, -0.05)
     with pytest.raises(TypeError, match="cannot write"):
         T.jsonable({"x": object()})
+
+
+def test_result_summaries_use_the_one_formatter():
+    """HypothesisTest.summary() (stats) shows numbers as every report does, '—' for a missing value."""
+    h = HypothesisTest.decided("H6", "claim", "Δ", None, None, None, None, "paired bootstrap", 0.95,
+                               override=(Verdict.UNTESTABLE, "no runs"))
+    s = h.summary()
+    assert "Δ = — (95 %), p-value = —" in s and "n/a" not in s and "nan" not in s
+    h2 = HypothesisTest.decided("H1", "claim", "median", -0.123456, -0.2, -0.05, 1e-7, "Wilcoxon", 0.95)
+    assert "-0.1235 [-0.2, -0.05]" in h2.summary() and "1.000e-07 (Wilcoxon)" in h2.summary()

@@ -286,7 +286,7 @@ def test_committed_report_folders_are_marked_as_sgdbayes_outputs():
 
 def test_written_files_have_the_umask_mode(tmp_path):
     from sgdbayes._io import atomic_write_text
-    from sgdbayes.reporting.markdown import atomic_savefig
+    from sgdbayes.reporting.toolkit import save_figure
 
     import matplotlib
 
@@ -296,7 +296,7 @@ def test_written_files_have_the_umask_mode(tmp_path):
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.json", "{}")
-        atomic_savefig(plt.figure(), tmp_path / "f.png")
+        save_figure(plt.figure(), tmp_path / "f.png")
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

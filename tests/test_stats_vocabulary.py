@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from sgdbayes.stats import ablation, concentration, prediction, summaries
+from sgdbayes.stats.bootstrap import percentile_interval
 from sgdbayes.stats.cluster import FunctionSpaceClusterer
 from sgdbayes.stats.divergence import bootstrap_divergences, compare_distributions, g_test
 from sgdbayes.stats.regression import cross_run_regressions, spearman
@@ -85,7 +86,7 @@ def test_conf_int_level_is_coverage_for_bootstrap_results():
     b = RESULTS["bootstrap"]
     w = {lv: (b.conf_int(lv)["ci_high"] - b.conf_int(lv)["ci_low"]).to_numpy() for lv in (0.5, 0.95)}
     assert (w[0.5] <= w[0.95]).all() and (w[0.5] < w[0.95]).any()
-    assert b.conf_int(0.95).loc["js"].tolist() == list(b.intervals["js"])
+    assert b.conf_int(0.95).loc["js"].tolist() == list(percentile_interval(b.boot["js"], 0.95))
     reg = RESULTS["regressions"]
     assert reg.conf_int(0.95).loc["ols_hc3:d_s~llc"].tolist() == \
         reg.frame.set_index("parameter").loc["ols_hc3:d_s~llc", ["ci_low", "ci_high"]].tolist()
@@ -95,27 +96,28 @@ def test_conf_int_level_is_coverage_for_bootstrap_results():
     assert sc.conf_int(0.5).loc["delta", "ci_low"] >= sc.conf_int(0.95).loc["delta", "ci_low"]
 
 
-def test_regressions_compat_table_keeps_the_old_columns():
-    t = RESULTS["regressions"].table
-    assert list(t.columns) == ["y", "x", "kind", "n", "estimate", "lo", "hi", "p", "p_holm", "note"]
-    f = RESULTS["regressions"].frame
-    np.testing.assert_array_equal(t["p"].to_numpy(float), f["pvalue"].to_numpy(float))
+def test_compat_names_are_gone():
+    """Phase B of issue 11 removed the old spellings: Regressions.table, rng=, .intervals/.upper, xi_star_ci."""
+    assert not hasattr(RESULTS["regressions"], "table")
+    b = RESULTS["bootstrap"]
+    assert not hasattr(b, "intervals") and not hasattr(b, "upper")
+    lo, hi = b.one_sided_bounds("js")
+    assert lo <= hi and b.equivalent["js"] == (hi < b.margin)
+    lab_sgd, lab_sgld, chains = _labels()
+    with pytest.raises(TypeError, match="rng"):
+        bootstrap_divergences(lab_sgld, lab_sgd, [0, 1, 2], rng=5, n_boot=5)
 
 
-def test_seed_is_the_public_name_and_rng_an_alias():
+def test_seed_is_the_public_name():
     lab_sgd, lab_sgld, chains = _labels()
     kw = dict(groups_p=chains, n_boot=40, metrics=("js",), gtest=False)
     a = bootstrap_divergences(lab_sgld, lab_sgd, [0, 1, 2], seed=5, **kw)
-    b = bootstrap_divergences(lab_sgld, lab_sgd, [0, 1, 2], rng=5, **kw)
     c = bootstrap_divergences(lab_sgld, lab_sgd, [0, 1, 2], seed=np.random.default_rng(5), **kw)
-    np.testing.assert_array_equal(a.boot["js"], b.boot["js"])
     np.testing.assert_array_equal(a.boot["js"], c.boot["js"])
-    with pytest.raises(ValueError, match="not both"):
-        bootstrap_divergences(lab_sgld, lab_sgd, [0, 1, 2], seed=5, rng=5, **kw)
     g = np.random.default_rng(0)
     loss, alpha = g.uniform(0.1, 0.3, 90), g.uniform(0.3, 0.7, 90)
     s1 = sweep_xi(lab_sgd, [0, 1, 2], loss, alpha, 0.01, n_boot=10, seed=3)
-    s2 = sweep_xi(lab_sgd, [0, 1, 2], loss, alpha, 0.01, n_boot=10, rng=3)
+    s2 = sweep_xi(lab_sgd, [0, 1, 2], loss, alpha, 0.01, n_boot=10, seed=np.random.default_rng(3))
     np.testing.assert_array_equal(s1.boot_xi_star, s2.boot_xi_star)
 
 

@@ -297,9 +297,43 @@ def test_interrupted_stage_leaves_no_partial_output(tmp_path):
 
 
 def test_jsonable_handles_numpy_and_nan():
-    out = cache_mod.to_jsonable({"a": np.float32(1.5), "b": np.array([1, 2]), "c": float("nan"),
-                                 "d": (np.int64(3), np.bool_(True)), "e": [np.inf, -np.inf]})
+    from sgdbayes.stats.results import jsonable
+
+    out = jsonable({"a": np.float32(1.5), "b": np.array([1, 2]), "c": float("nan"),
+                    "d": (np.int64(3), np.bool_(True)), "e": [np.inf, -np.inf]})
     assert out == {"a": 1.5, "b": [1, 2], "c": None, "d": [3, True], "e": ["inf", "-inf"]}
+
+
+def test_stage_cache_stores_results_not_flattened_dicts(tmp_path):
+    """A stage's Results (and DataFrames) come back from the cache as the same classes with the same
+    numbers (arrays keep dtype, NaN and inf survive); one that cannot be rebuilt is a CacheEntryError."""
+    import json
+
+    import pandas as pd
+
+    from sgdbayes.stats.results import HypothesisTest, Verdict
+    from sgdbayes.stats.summaries import summarize
+
+    h = HypothesisTest.decided("H1", "claim", "stat", -0.2, -0.3, -0.1, 0.001, "Wilcoxon", 0.95)
+    s = summarize([1.0, 2.0, np.nan, 4.0], seed=0)
+    frame = pd.DataFrame({"run": ["007", "7"], "x": [np.inf, np.nan]})
+    c = cache_mod.StageCache(tmp_path / "h")
+    c.save("analysis", {"tests": [h], "summary": {"x": s}, "runs": frame, "arr": np.arange(3, dtype=np.int32)},
+           {"wall_s": 0.0})
+    out = c.load("analysis")
+    hb = out["tests"][0]
+    assert isinstance(hb, HypothesisTest) and hb.verdict is Verdict.SUPPORTED and hb == h
+    assert out["summary"]["x"] == s and out["arr"].dtype == np.int32
+    pd.testing.assert_frame_equal(out["runs"], frame)
+    data = tmp_path / "h" / "analysis" / "data.json"
+    raw = json.loads(data.read_text())
+    raw["tests"][0]["fields"]["no_such_field"] = 1
+    data.write_text(json.dumps(raw))
+    info = json.loads((tmp_path / "h" / "analysis" / "_done.json").read_text())
+    info["files"]["data.json"] = {"size": data.stat().st_size, "sha256": cache_mod.sha256_file(data)}
+    (tmp_path / "h" / "analysis" / "_done.json").write_text(json.dumps(info))
+    with pytest.raises(cache_mod.CacheEntryError, match="data.json"):
+        c.load("analysis")
 
 
 # --------------------------------------------------------------------------- typed config reaches the library

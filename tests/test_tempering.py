@@ -117,10 +117,10 @@ def test_xi_sweep_recovers_known_xi():
     loss = L[lab] + rng.normal(0, 0.01, N)
     alpha = 1 / (dw[lab] + rng.normal(0, 0.01, N))
     grid = np.logspace(-2, 2, 81)
-    sw = sweep_xi(lab, [0, 1, 2, 3], loss, alpha, gamma, grid=grid, n_boot=60, rng=1, split_seed=3)
+    sw = sweep_xi(lab, [0, 1, 2, 3], loss, alpha, gamma, grid=grid, n_boot=60, seed=1, split_seed=3)
     step = np.log(grid[1] / grid[0])
     assert abs(np.log(sw.xi_star / xi0)) <= 1.01 * step
-    lo, hi = sw.xi_star_ci
+    lo, hi = sw.conf_int().loc["xi_star"]
     assert lo * np.exp(-1.01 * step) <= xi0 <= hi * np.exp(1.01 * step)
     assert hi / lo < 2.0  # informative with N = 20000
     assert abs(np.log(sw.xi_A / xi0)) <= 3 * step and abs(np.log(sw.xi_B / xi0)) <= 3 * step
@@ -133,7 +133,7 @@ def test_xi_sweep_recovers_known_xi():
     pr = sw.properties
     assert sw.kl_min == pytest.approx(kl_sgd_theory(P, pr.loss, pr.d_walk, gamma, [sw.xi_star])[0])
     # the split is reproducible from its seed
-    sw2 = sweep_xi(lab, [0, 1, 2, 3], loss, alpha, gamma, grid=grid, n_boot=5, rng=9, split_seed=3)
+    sw2 = sweep_xi(lab, [0, 1, 2, 3], loss, alpha, gamma, grid=grid, n_boot=5, seed=9, split_seed=3)
     assert (sw2.xi_A, sw2.xi_B) == (sw.xi_A, sw.xi_B)
     assert "split seed" in sw.summary()
 
@@ -165,8 +165,8 @@ def test_tempered_bootstrap_against_reference_runs():
     chains = np.repeat(np.arange(8), 100)
     b = bootstrap_divergences(lab, sgld, [0, 1, 2], groups_q=chains, dist_p=fn,
                               smoothed_p=make_tempered_fn(lab, [0, 1, 2], alpha, xi, m, pseudocount=0.5),
-                              metrics=("kl", "kl_smoothed", "js"), n_boot=100, rng=1,
+                              metrics=("kl", "kl_smoothed", "js"), n_boot=100, seed=1,
                               names=("tempered SGD", "SGLD"))
     assert np.allclose(b.point.prob_p, direct)
-    assert all(np.isfinite(b.intervals[k]).all() for k in ("js", "kl_smoothed"))
+    assert all(np.isfinite(b.conf_int().loc[k]).all() for k in ("js", "kl_smoothed"))
     assert b.point.js < 0.02

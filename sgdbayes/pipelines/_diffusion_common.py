@@ -1,6 +1,6 @@
-"""Shared per-run code of the three diffusion studies (anomalous_diffusion, spectral_dimension,
-ablations): data, training cells with LLC along training, per-run diffusion fits, hypothesis
-rows and the held-out displacement prediction (H7).
+"""Shared wiring of the three diffusion studies (anomalous_diffusion, spectral_dimension,
+ablations): training cells with LLC along training, per-run diffusion fits, and the H1-H3 and
+H7 tests of a table of runs (the statistics themselves are in :mod:`sgdbayes.stats`).
 
 Formulas (paper equation numbers; docs/methods.md):
 
@@ -11,9 +11,9 @@ Formulas (paper equation numbers; docs/methods.md):
   spaced in log t; whole range = the paper's fit, late window = after the two-segment
   crossover t_c of App B.3);
 * se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2 (delta method);
-* final lambda = mean of the last ``last`` LLC estimates along training (App G.1), se = their
-  std / sqrt(count) (autocorrelated estimates: optimistic); lambda_bar = mean of all estimates
-  (Cor 3.3, H3), se likewise.
+* final lambda and lambda_bar per run: :func:`sgdbayes.stats.summaries.llc_summaries`;
+* H1-H3 across runs: :func:`sgdbayes.stats.verdicts.as_hypothesis_test` of
+  :func:`sgdbayes.stats.hypotheses.test_h1` ... ``test_h3``; H7: :func:`sgdbayes.stats.prediction.test_h7`.
 
 Nothing here reads a study configuration: functions take explicit arguments or the library's own
 objects (:class:`sgdbayes.engine.EnsembleConfig`, :class:`sgdbayes.sampling.LLCConfig`) and the
@@ -21,7 +21,7 @@ shared sections of :mod:`sgdbayes.pipelines.sections` (:class:`FitConfig`).
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import re
 import time
 from typing import Any, Optional, Sequence
@@ -33,10 +33,7 @@ import torch
 from ._ensemble_arrays import ensemble_arrays
 from .sections import FitConfig
 
-__all__ = [
-    "parse_layers", "llc_training_hook", "train_cell", "llc_summaries", "fit_runs", "hypothesis_rows",
-    "h7_prediction", "bootstrap_ci", "stats_of", "mean_ci",
-]
+__all__ = ["parse_layers", "llc_training_hook", "train_cell", "fit_runs", "h7_tests"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -152,41 +149,19 @@ def train_cell(data, ecfg, llc=None, every: int = 100) -> dict[str, Any]:
     return out
 
 
-def llc_summaries(llc: np.ndarray, last: int) -> dict[str, np.ndarray]:
-    """Per run: final λ (mean of the last ``last`` estimates, App G.1) and its se; λ̄ (mean of all,
-    Cor 3.3) and its se; count of negative estimates. NaN estimates (all chains diverged) are
-    skipped and counted in ``n_missing``."""
-    llc = np.asarray(llc, float)
-    K, E = llc.shape
-    fin = np.full(K, np.nan)
-    fin_se = np.full(K, np.nan)
-    bar = np.full(K, np.nan)
-    bar_se = np.full(K, np.nan)
-    for k in range(K):
-        v = llc[k][np.isfinite(llc[k])]
-        if v.size == 0:
-            continue
-        tail = v[-last:]
-        fin[k] = tail.mean()
-        fin_se[k] = tail.std(ddof=1) / math.sqrt(tail.size) if tail.size > 1 else 0.0
-        bar[k] = v.mean()
-        bar_se[k] = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0
-    return {"llc_final": fin, "llc_final_se": fin_se, "llc_mean": bar, "llc_mean_se": bar_se,
-            "n_negative_estimates": (llc < 0).sum(1), "n_missing": (~np.isfinite(llc)).sum(1)}
-
-
 # --------------------------------------------------------------------------- fits
 
 def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitConfig,
              run_ids: Sequence[Any], llc: Optional[np.ndarray] = None, llc_se: Optional[np.ndarray] = None,
              llc_mean: Optional[np.ndarray] = None, llc_mean_se: Optional[np.ndarray] = None,
-             positions: Optional[Sequence[int]] = None) -> pd.DataFrame:
+             positions: Optional[Sequence[int]] = None, llc_df: Optional[np.ndarray] = None) -> pd.DataFrame:
     """One row per run: :meth:`DiffusionFit.to_row` (whole-range and late-window eq 17 fits,
     crossover t_c with its interval, d_s = 2 λ α with delta-method intervals when λ is given),
     plus ``run``, ``llc_mean``/``llc_mean_se`` (λ̄) and ``fit_error`` (reason when a run could
     not be fitted, e.g. a constant displacement; its numbers are then missing, never silently
     NaN). Run k's bootstrap seed is ``settings.seed + positions[k]``, its position in the full
-    ensemble (default k), so a run's fit does not depend on which other runs were left out."""
+    ensemble (default k), so a run's fit does not depend on which other runs were left out.
+    ``llc_df`` (degrees of freedom of ``llc_se``) gives d_s a Welch–Satterthwaite t reference."""
     from ..stats.diffusion import fit_diffusion
 
     rows = []
@@ -197,9 +172,11 @@ def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitConfig,
         ok = np.isfinite(d)
         lam = None if llc is None or not np.isfinite(llc[k]) else float(llc[k])
         lam_se = None if lam is None or llc_se is None or not np.isfinite(llc_se[k]) else float(llc_se[k])
+        lam_df = None if lam_se is None or llc_df is None or not np.isfinite(llc_df[k]) else float(llc_df[k])
         row: dict[str, Any] = {"run": run_ids[k]}
         try:
-            f = fit_diffusion(np.asarray(steps)[ok], d[ok], llc=lam, llc_se=lam_se, n_grid=settings.n_grid,
+            f = fit_diffusion(np.asarray(steps)[ok], d[ok], llc=lam, llc_se=lam_se, llc_df=lam_df,
+                              n_grid=settings.n_grid,
                               method=settings.method, n_boot=settings.n_boot, level=settings.level,
                               seed=settings.seed + positions[k])
             row.update(f.to_row())
@@ -218,137 +195,22 @@ def fit_runs(steps: np.ndarray, displacement: np.ndarray, settings: FitConfig,
     return df
 
 
-# --------------------------------------------------------------------------- summaries
+# --------------------------------------------------------------------------- tests
 
-def bootstrap_ci(values: np.ndarray, stat=np.median, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over runs; (NaN, NaN) with < 3 finite values."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if v.size < 3:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_boot, v.size))
-    b = np.apply_along_axis(stat, 1, v[idx]) if stat not in (np.median, np.mean) else stat(v[idx], axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(b, a)), float(np.quantile(b, 1 - a))
+def _suffixed(tests: list, suffix: str) -> list:
+    return [dataclasses.replace(t, id=f"{t.id}-{suffix}") for t in tests] if suffix else tests
 
 
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and its Student-t interval over runs: (mean, lo, hi); NaN interval with < 2 values."""
-    from scipy import stats
+def h7_tests(R_final, llc, R_pred, rel_err, n_failed: int, margin: float, level: float, n_boot: int, seed: int,
+             suffix: str = "") -> tuple[list, Any]:
+    """H7 (ρ(R_T, λ) < 0) and H7-prediction (median |R̂_T/R_T − 1| < ``margin``) of
+    :func:`sgdbayes.stats.prediction.test_h7`, ids followed by ``-suffix`` when given, and the
+    cross-run regressions of R_T on λ and on the predicted R̂_T (one Holm family)."""
+    from ..stats.prediction import test_h7
+    from ..stats.regression import cross_run_regressions
 
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return (float("nan"),) * 3
-    m = float(v.mean())
-    if v.size < 2:
-        return m, float("nan"), float("nan")
-    h = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return m, m - h, m + h
-
-
-def stats_of(values: np.ndarray, level: float = 0.95, seed: int = 0) -> dict:
-    """Summary of a per-run quantity: n, mean with t interval, sd, median with bootstrap interval,
-    5/95 % quantiles, min, max (None where undefined)."""
-    v = np.asarray(values, float)
-    f = v[np.isfinite(v)]
-    if f.size == 0:
-        return {"n": 0, "n_missing": int(v.size), "mean": None, "mean_ci": [None, None], "sd": None,
-                "median": None, "median_ci": [None, None], "q05": None, "q95": None, "min": None, "max": None}
-    m, lo, hi = mean_ci(f, level)
-    mlo, mhi = bootstrap_ci(f, np.median, level=level, seed=seed)
-    return {"n": int(f.size), "n_missing": int(v.size - f.size), "mean": m, "mean_ci": [lo, hi],
-            "sd": float(f.std(ddof=1)) if f.size > 1 else None, "median": float(np.median(f)),
-            "median_ci": [mlo, mhi], "q05": float(np.quantile(f, 0.05)), "q95": float(np.quantile(f, 0.95)),
-            "min": float(f.min()), "max": float(f.max())}
-
-
-def hypothesis_rows(hres, claim: str, statistic: str, values: np.ndarray, level: float, seed: int,
-                    hyp_id: Optional[str] = None) -> dict:
-    """One verdict-table row from a :class:`sgdbayes.stats.HypothesisResult`.
-
-    statistic = median over tested runs of ``values`` (e.g. α − 1/2 or d_s − λ) with a percentile
-    bootstrap interval; p = Wilcoxon signed-rank across runs (alternative "less"; H0 = the
-    violation); ``sign_p`` = exact sign test of P(value < 0) > 1/2 (binomial, one-sided). Verdict: *supported* when the Wilcoxon p < 1 − level **and** the bootstrap upper
-    bound of the median is < 0; *contradicted* when the lower bound is > 0; else *not supported*.
-    The per-run view (share of runs with Holm-adjusted p < 1 − level, share of runs whose one-sided
-    upper bound is below the threshold) is reported beside it.
-    """
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    med = float(np.median(v)) if v.size else float("nan")
-    lo, hi = bootstrap_ci(v, np.median, level=level, seed=seed)
-    p = hres.pvalue
-    a = 1 - level
-    from scipy.stats import binomtest
-
-    n_below = int((v < 0).sum())
-    n_nonzero = int((v != 0).sum())
-    sign_p = float(binomtest(n_below, n_nonzero, 0.5, alternative="greater").pvalue) if n_nonzero else None
-    if hres.n_tested == 0 or v.size == 0:
-        verdict = "untestable: no run could be tested"
-    elif p is not None and p < a and np.isfinite(hi) and hi < 0:
-        verdict = "supported"
-    elif np.isfinite(lo) and lo > 0:
-        verdict = "contradicted (median above the threshold)"
-    else:
-        verdict = "not supported"
-    return {
-        "id": hyp_id or hres.id, "claim": claim, "window": hres.window, "statistic": statistic,
-        "value": med, "ci": [lo, hi], "pvalue": p,
-        "p_label": f"{hres.test or 'Wilcoxon signed-rank'} across runs, one-sided",
-        "n_tested": hres.n_tested, "n_excluded": int(len(hres.excluded)), "n_support_holm": hres.n_reject,
-        "share_support_holm": (hres.n_reject / hres.n_tested) if hres.n_tested else None,
-        "share_upper_below": hres.share_upper_below, "verdict": verdict, "notes": list(hres.notes),
-        "sign_p": sign_p, "n_below": n_below,
-    }
-
-
-# --------------------------------------------------------------------------- H7
-
-def h7_prediction(steps: np.ndarray, displacement: np.ndarray, split: float, settings: FitConfig) -> dict:
-    """Held-out prediction of late displacement from an early-window fit (Figs 14-15, I.1).
-
-    Per run: fit eq 17 (``log R = α log t + c``) on t ≤ ``split``·T only, predict
-    R̂(t) = exp(c) t^α for t > split·T. Returns per run: ``alpha_early``, ``R_pred_final`` (at T),
-    ``R_true_final``, ``rel_err_final`` = R̂_T/R_T − 1, ``r2_heldout`` = 1 − SSE/SST of log R on the
-    held-out points (SST around their own mean; can be < 0), and the in-sample r² of the whole fit
-    is reported elsewhere (the paper's r², Fig 18). Runs whose early window has < 5 points get NaN
-    and are counted in ``n_failed``.
-    """
-    from ..stats.diffusion import fit_loglog, log_grid
-
-    t = np.asarray(steps, float)
-    K = displacement.shape[0]
-    T = t[-1]
-    out = {k: np.full(K, np.nan) for k in ("alpha_early", "R_pred_final", "R_true_final", "rel_err_final",
-                                           "r2_heldout", "log_err_final")}
-    n_failed = 0
-    for k in range(K):
-        d = np.asarray(displacement[k], float)
-        ok = np.isfinite(d) & (d > 0)
-        tt, dd = t[ok], d[ok]
-        if tt.size < 10 or tt[-1] != T:
-            n_failed += 1
-            continue
-        early = tt <= split * T
-        late = ~early
-        idx = log_grid(tt[early], settings.n_grid)
-        try:
-            f = fit_loglog(np.log(tt[early][idx]), np.log(dd[early][idx]), method="ols")
-        except ValueError:
-            n_failed += 1
-            continue
-        pred = f.intercept + f.alpha * np.log(tt[late])
-        y = np.log(dd[late])
-        sst = float(((y - y.mean()) ** 2).sum())
-        out["alpha_early"][k] = f.alpha
-        out["R_pred_final"][k] = float(np.exp(pred[-1]))
-        out["R_true_final"][k] = float(dd[-1])
-        out["rel_err_final"][k] = float(np.exp(pred[-1]) / dd[-1] - 1.0)
-        out["log_err_final"][k] = float(pred[-1] - y[-1])
-        out["r2_heldout"][k] = 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
-    out["n_failed"] = n_failed
-    return out
+    R_final, llc = np.asarray(R_final, float), np.asarray(llc, float)
+    df = pd.DataFrame({"R_final": R_final, "llc": llc, "R_pred": np.asarray(R_pred, float)})
+    reg = cross_run_regressions(df, [("R_final", "llc"), ("R_final", "R_pred")], n_boot=n_boot, level=level, seed=seed)
+    tests = test_h7(R_final, llc, rel_err, margin=margin, level=level, n_boot=n_boot, seed=seed, n_failed=n_failed)
+    return _suffixed(tests, suffix), reg

@@ -9,16 +9,11 @@ Stages (cached by :mod:`sgdbayes.runner`):
                 d_s and λ with lr, batch size, momentum and test accuracy (OLS HC3, Spearman with
                 bootstrap CI, Holm within each optimizer family); H6; H1-H3 and H7 per family
 
-H6 (d_s tracks the learning rate much more than λ does; App H, Fig 11). Within vanilla SGD runs,
-standardized partial slopes from OLS with HC3 errors,
+H6 (d_s tracks the learning rate much more than λ does; App H, Fig 11) is
+:func:`sgdbayes.stats.ablation.test_h6` of the standardized-slope contrast within vanilla SGD runs
+(docs/methods.md#h6-d_s-tracks-the-learning-rate-more-than-λ).
 
-    z(y) = β_lr z(log10 lr) + β_B z(log2 B) + ε,   y ∈ {d_s, λ},
-
-(z = standardized over the runs), and the contrast Δ = |β_lr(d_s)| − |β_lr(λ)| with a paired
-percentile bootstrap over runs; one-sided bootstrap p = P*(Δ ≤ 0). Supported when the lower
-bound of Δ is > 0.
-
-Report: :func:`sgdbayes.reporting.diffusion_reports.write_ablations`.
+Report: :mod:`sgdbayes.reporting.ablations`.
 """
 from __future__ import annotations
 
@@ -32,13 +27,12 @@ from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
 from ..runner.typed import StudyConfig
 from ..sampling import LLCConfig
-from ._diffusion_common import fit_runs, h7_prediction, llc_summaries, stats_of, train_cell
+from ..stats.verdicts import test_h1_h3
+from ._diffusion_common import fit_runs, h7_tests, train_cell
 from ._ensemble_arrays import divergence_summary
 from .sections import BootstrapConfig, FitConfig, H7Config, LLCSchedule, MNISTFamilyData, ModelConfig, ReportConfig
-from .spectral_dimension import diffusion_hypotheses, h7_rows
 
-__all__ = ["CONFIG", "AblationsConfig", "GridConfig", "STAGES", "write_report", "grid_cells", "h6_contrast",
-           "standardized_slopes", "PAPER_APP_H"]
+__all__ = ["CONFIG", "AblationsConfig", "GridConfig", "STAGES", "write_report", "grid_cells", "PAPER_APP_H"]
 
 
 @dataclass(frozen=True)
@@ -178,77 +172,62 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
-def standardized_slopes(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Standardized partial slopes: OLS of z(y) on the z-scored columns of ``X`` (z over the rows).
+def _cell_runs(tr: dict, c, ci: int, meta: pd.DataFrame) -> pd.DataFrame:
+    """The fitted runs of grid cell ``ci`` (diverged ones left out): eq-17 fits with final λ and λ̄,
+    and the held-out prediction of the late displacement (H7)."""
+    from ..stats.prediction import predict_late_displacement
+    from ..stats.summaries import llc_summaries
 
-    ``Y`` is ``[n]`` or ``[n, m]`` (m responses fitted at once); returns ``[p]`` or ``[p, m]``."""
-    Xz = (X - X.mean(0)) / X.std(0, ddof=1)
-    Yz = (Y - Y.mean(0)) / Y.std(0, ddof=1)
-    A = np.column_stack([np.ones(len(Xz)), Xz])
-    return np.linalg.lstsq(A, Yz, rcond=None)[0][1:]
+    m = meta[meta["cell"] == ci].reset_index(drop=True)
+    keep = ~m["diverged"].to_numpy(bool)  # diverged runs are left out of every fit
+    m = m[keep].drop(columns=["diverged_step"]).reset_index(drop=True)
+    steps = np.asarray(tr[f"steps_{ci}"], float)
+    disp = np.asarray(tr[f"disp_{ci}"], float)[keep]
+    summ = llc_summaries(np.asarray(tr[f"llc_{ci}"], float)[keep], c.llc_schedule.last)
+    r = fit_runs(steps, disp, c.fit, [f"c{ci}/s{s}" for s in m["seed"]], llc=summ.llc_final,
+                 llc_se=summ.llc_final_se, llc_df=summ.llc_final_df, llc_mean=summ.llc_mean, llc_mean_se=summ.llc_mean_se, positions=np.flatnonzero(keep))
+    r = pd.concat([m, r], axis=1)
+    r["R_final"] = disp[:, -1]
+    p = predict_late_displacement(steps, disp, c.h7.split, n_grid=c.fit.n_grid)
+    r["R_pred_final"], r["rel_err_final"], r["r2_heldout"] = p.R_pred_final, p.rel_err_final, p.r2_heldout
+    return r
 
 
-def h6_contrast(df: pd.DataFrame, xs: list[str], n_boot: int, level: float, seed: int) -> dict:
-    """H6: Δ = |β(d_s, log10 lr)| − |β(λ, log10 lr)| (standardized partial slopes given ``xs``) with a
-    paired percentile bootstrap over runs; also each β with its HC3 interval (statsmodels)."""
-    import statsmodels.api as sm
+def _h6(fitted: pd.DataFrame, n_boot: int, level: float, seed: int):
+    """H6 within vanilla SGD (fallback: every SGD-family run, momentum as a further covariate), and
+    the same contrast within Adam runs when there are enough of them."""
+    from ..stats.ablation import SlopeContrast, h6_contrast
 
-    sub = df[["d_s", "llc", *xs]].dropna()
-    n = len(sub)
-    out: dict[str, Any] = {"n": n, "covariates": xs}
-    if n < len(xs) + 3 or any(sub[c].std() == 0 for c in ["d_s", "llc", *xs]):
-        out["note"] = f"not estimable: {n} runs or a constant column"
-        return out
-    for y in ("d_s", "llc"):
-        Z = (sub - sub.mean()) / sub.std(ddof=1)
-        res = sm.OLS(Z[y].to_numpy(), sm.add_constant(Z[xs].to_numpy())).fit(cov_type="HC3", use_t=True)
-        lo, hi = res.conf_int(1 - level)[1]
-        out[f"beta_{y}"] = float(res.params[1]); out[f"beta_{y}_ci"] = [float(lo), float(hi)]
-        out[f"beta_{y}_p"] = float(res.pvalues[1])
-    delta = abs(out["beta_d_s"]) - abs(out["beta_llc"])
-    rng = np.random.default_rng(seed)
-    X = sub[xs].to_numpy(float)
-    Y = sub[["d_s", "llc"]].to_numpy(float)
-    bs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        Xb, Yb = X[idx], Y[idx]
-        if (Xb.std(0) == 0).any() or (Yb.std(0) == 0).any():
-            continue
-        b = standardized_slopes(Yb, Xb)[0]  # slopes on the first covariate (log10 lr) for d_s and λ
-        bs.append(abs(b[0]) - abs(b[1]))
-    bs = np.asarray(bs)
-    a = (1 - level) / 2
-    out.update(delta=float(delta), delta_ci=[float(np.quantile(bs, a)), float(np.quantile(bs, 1 - a))],
-               p=float((np.sum(bs <= 0) + 1) / (bs.size + 1)), n_boot_used=int(bs.size))
-    return out
+    van = fitted[(fitted["family"] == "SGD") & (fitted["momentum"] == 0)]
+    xs, scope = ["log10_lr", "log2_batch"], "vanilla SGD runs"
+    if len(van) < 6 or van["lr"].nunique() < 2:
+        van = fitted[fitted["family"] == "SGD"]
+        xs, scope = ["log10_lr", "log2_batch", "momentum"], "all SGD-family runs (momentum as a covariate)"
+    xs = [x for x in xs if van[x].nunique() > 1] if len(van) else xs
+    if len(van) and "log10_lr" in xs:
+        h6 = h6_contrast(van, xs, n_boot, level, seed, scope=scope)
+    else:
+        h6 = SlopeContrast(n=int(len(van)), covariates=xs, level=level, scope=scope,
+                           note="no learning-rate variation")
+    adam = fitted[fitted["family"] == "Adam"]
+    h6_adam = None
+    if len(adam) >= 6 and adam["lr"].nunique() > 1:
+        xa = [x for x in ["log10_lr", "log2_batch"] if adam[x].nunique() > 1]
+        h6_adam = h6_contrast(adam, xa, n_boot, level, seed + 1, scope="Adam runs")
+    return h6, h6_adam
 
 
 def stage_analysis(ctx: StageContext) -> dict[str, Any]:
+    """Per run: final λ, λ̄, eq-17 fits, d_s; the App-H table; correlations per optimizer family;
+    H6; H1-H3 (whole range) and H7 per family."""
+    from ..stats.ablation import test_h6
     from ..stats.regression import cross_run_regressions
+    from ..stats.summaries import summarize
 
-    tr = ctx["train"]
-    c = ctx.config
-    fs = c.fit
-    level, seed, n_boot, last = fs.level, c.analysis.seed, c.analysis.n_boot, c.llc_schedule.last
+    tr, c = ctx["train"], ctx.config
+    level, seed, n_boot = c.fit.level, c.analysis.seed, c.analysis.n_boot
     meta = pd.DataFrame(tr["runs"])
-    parts = []
-    for ci in sorted(meta["cell"].unique()):
-        m = meta[meta["cell"] == ci].reset_index(drop=True)
-        keep = ~m["diverged"].to_numpy(bool)  # diverged runs are left out of every fit
-        m = m[keep].drop(columns=["diverged_step"]).reset_index(drop=True)
-        steps = np.asarray(tr[f"steps_{ci}"], float)
-        disp = np.asarray(tr[f"disp_{ci}"], float)[keep]
-        summ = llc_summaries(np.asarray(tr[f"llc_{ci}"], float)[keep], last)
-        r = fit_runs(steps, disp, fs, [f"c{ci}/s{s}" for s in m["seed"]], llc=summ["llc_final"],
-                     llc_se=summ["llc_final_se"], llc_mean=summ["llc_mean"], llc_mean_se=summ["llc_mean_se"],
-                     positions=np.flatnonzero(keep))
-        r = pd.concat([m, r], axis=1)
-        r["R_final"] = disp[:, -1]
-        p = h7_prediction(steps, disp, c.h7.split, fs)
-        r["R_pred_final"], r["rel_err_final"], r["r2_heldout"] = p["R_pred_final"], p["rel_err_final"], p["r2_heldout"]
-        parts.append(r)
-    runs = pd.concat(parts, ignore_index=True)
+    runs = pd.concat([_cell_runs(tr, c, ci, meta) for ci in sorted(meta["cell"].unique())], ignore_index=True)
     runs["log10_lr"] = np.log10(runs["lr"].astype(float))
     runs["log2_batch"] = np.log2(runs["batch_size"].astype(float))
     notes = []
@@ -261,64 +240,31 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
                      f"left out of the analysis")
     fitted = runs[~bad].reset_index(drop=True)
 
-    # -- App-H table per optimizer label
-    app_h = []
-    for lab, g in fitted.groupby("label", sort=False):
-        app_h.append({"optimizer": lab, "n": int(len(g)), "d_s": stats_of(g["d_s"], level, seed),
-                      "llc": stats_of(g["llc"], level, seed), "test_acc": stats_of(100 * g["test_acc"], level, seed),
-                      "late_d_s": stats_of(g["late_d_s"], level, seed), "alpha": stats_of(g["alpha"], level, seed),
-                      "n_llc_nonpositive": int((~(g["llc"] > 0)).sum()),
-                      "paper": PAPER_APP_H.get(lab)})
-    # -- correlations per family (Holm within each family)
+    def summ(v):
+        return summarize(np.asarray(v, float), level, seed, n_boot=n_boot)
+
+    app_h = [{"optimizer": lab, "n": int(len(g)), "d_s": summ(g["d_s"]), "llc": summ(g["llc"]),
+              "test_acc": summ(100 * g["test_acc"]), "late_d_s": summ(g["late_d_s"]), "alpha": summ(g["alpha"]),
+              "n_llc_nonpositive": int((~(g["llc"] > 0)).sum()), "paper": PAPER_APP_H.get(lab)}
+             for lab, g in fitted.groupby("label", sort=False)]
     corr = {}
-    for fam, g in fitted.groupby("family", sort=False):
+    for fam, g in fitted.groupby("family", sort=False):  # Holm within each family
         pairs = [("d_s", "log10_lr"), ("llc", "log10_lr"), ("d_s", "log2_batch"), ("llc", "log2_batch"),
                  ("test_acc", "d_s"), ("test_acc", "llc"), ("R_final", "llc")]
         if fam == "SGD" and g["momentum"].nunique() > 1:
             pairs += [("d_s", "momentum"), ("llc", "momentum")]
-        corr[fam] = cross_run_regressions(g, pairs, n_boot=n_boot, level=level, seed=seed).table.to_dict(orient="list")
-    # -- H6 within vanilla SGD (fallback: SGD family with momentum as a covariate)
-    van = fitted[(fitted["family"] == "SGD") & (fitted["momentum"] == 0)]
-    xs = ["log10_lr", "log2_batch"]
-    h6_scope = "vanilla SGD runs"
-    if len(van) < 6 or van["lr"].nunique() < 2:
-        van = fitted[fitted["family"] == "SGD"]
-        xs = ["log10_lr", "log2_batch", "momentum"]
-        h6_scope = "all SGD-family runs (momentum as a covariate)"
-    xs = [x for x in xs if van[x].nunique() > 1] if len(van) else xs
-    h6 = h6_contrast(van, xs, n_boot, level, seed) if len(van) and "log10_lr" in xs else {"n": int(len(van)), "note": "no learning-rate variation"}
-    h6["scope"] = h6_scope
-    h6_adam = None
-    adam = fitted[fitted["family"] == "Adam"]
-    if len(adam) >= 6 and adam["lr"].nunique() > 1:
-        xa = [x for x in ["log10_lr", "log2_batch"] if adam[x].nunique() > 1]
-        h6_adam = h6_contrast(adam, xa, n_boot, level, seed + 1)
-    if "delta" in h6:
-        v = ("supported" if h6["delta_ci"][0] > 0 else
-             "contradicted (λ tracks lr more)" if h6["delta_ci"][1] < 0 else "not supported (interval includes 0)")
-        hyp6 = {"id": "H6", "claim": "d_s tracks the learning rate much more than λ does", "window": "whole (paper's d_s)",
-                "statistic": "|β_std(d_s, log lr)| − |β_std(λ, log lr)|", "value": h6["delta"], "ci": h6["delta_ci"],
-                "pvalue": h6["p"], "p_label": "paired bootstrap, one-sided H0: Δ ≤ 0", "n_tested": h6["n"], "n_excluded": 0,
-                "n_support_holm": None, "share_support_holm": None, "share_upper_below": None, "verdict": v, "notes": []}
-    else:
-        hyp6 = {"id": "H6", "claim": "d_s tracks the learning rate much more than λ does", "window": "—",
-                "statistic": "|β_std(d_s, log lr)| − |β_std(λ, log lr)|", "value": None, "ci": [None, None],
-                "pvalue": None, "p_label": "—", "n_tested": h6.get("n", 0), "n_excluded": 0, "n_support_holm": None,
-                "share_support_holm": None, "share_upper_below": None,
-                "verdict": f"untestable: {h6.get('note', '')}", "notes": []}
-    hyps = [hyp6]
+        corr[fam] = cross_run_regressions(g, pairs, n_boot=n_boot, level=level, seed=seed)
+    h6, h6_adam = _h6(fitted, n_boot, level, seed)
+    hyps = [test_h6(h6)]
     for fam, g in fitted.groupby("family", sort=False):
-        rows, _ = diffusion_hypotheses(g.reset_index(drop=True), level, seed, fam)
-        hyps += [h for h in rows if h["window"] == "whole" or h["id"].startswith("H1")]
-        pred = {"R_true_final": g["R_final"].to_numpy(float), "R_pred_final": g["R_pred_final"].to_numpy(float),
-                "rel_err_final": g["rel_err_final"].to_numpy(float), "n_failed": int(g["R_pred_final"].isna().sum())}
-        r7, _ = h7_rows(g.reset_index(drop=True), pred, c.h7.margin, level, n_boot, seed)
-        for h in r7:
-            h["id"] = f"H7 [{fam}]"
-        hyps += r7
-    return {"runs": fitted.to_dict(orient="list"), "app_h": app_h, "correlations": corr, "h6": h6, "h6_adam": h6_adam,
-            "hypotheses": hyps, "notes": notes, "n_runs": int(len(meta)), "n_fitted": int(len(fitted)),
-            "cells": grid_cells(c.grid)}
+        g = g.reset_index(drop=True)
+        hyps += test_h1_h3(g, level, seed, n_boot, suffix=fam, windows=("whole",))[0]
+        hyps += h7_tests(g["R_final"], g["llc"], g["R_pred_final"], g["rel_err_final"],
+                         int(g["R_pred_final"].isna().sum()), c.h7.margin, level, n_boot, seed, suffix=fam)[0]
+    cell_means = fitted.groupby(["label", "batch_size", "lr"], sort=False)[["d_s", "llc"]].mean().reset_index()
+    return {"runs": fitted, "app_h": app_h, "correlations": corr, "h6": h6, "h6_adam": h6_adam, "hypotheses": hyps,
+            "cell_means": cell_means,
+            "notes": notes, "n_runs": int(len(meta)), "n_fitted": int(len(fitted)), "cells": grid_cells(c.grid)}
 
 
 def _no_run_left(ctx: StageContext):
@@ -334,6 +280,6 @@ STAGES = [
 
 
 def write_report(ctx: StageContext):
-    from ..reporting.diffusion_reports import write_ablations
+    from ..reporting.ablations import write_report as write
 
-    return write_ablations(ctx)
+    return write(ctx)

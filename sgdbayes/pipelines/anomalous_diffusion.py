@@ -8,7 +8,7 @@ Stages (cached by :mod:`sgdbayes.runner`):
                 (Wilcoxon), the ensemble mean curve with a band, the Brownian t^½ reference, the
                 local slope d log R / d log t, and the crossover of the mean curve with its interval
 
-Report: :func:`sgdbayes.reporting.diffusion_reports.write_anomalous_diffusion`.
+Report: :mod:`sgdbayes.reporting.anomalous_diffusion`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import numpy as np
 from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
 from ..runner.typed import StudyConfig
-from ._diffusion_common import fit_runs, hypothesis_rows, stats_of
+from ..stats.summaries import summarize
+from ..stats.verdicts import test_crossover, test_h1_h3
+from ._diffusion_common import fit_runs
 from ._ensemble_arrays import divergence_summary, ensemble_arrays
 from .sections import CurvesReport, FitConfig, ModelConfig, MoonsData, TrainConfig, sgd_ensemble
 
@@ -101,115 +103,94 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- stage 2
 
-def stage_analysis(ctx: StageContext) -> dict[str, Any]:
+def _mean_band(values: np.ndarray, level: float, skip_nan: bool = False):
+    """Mean over runs (rows) with its Student-t band, per column: (mean, lo, hi); ``skip_nan``
+    leaves missing values out of each column."""
     from scipy import stats as sst
 
-    from ..stats.diffusion import fit_crossover, fit_diffusion, log_grid
-    from ..stats.hypotheses import test_h1
+    K = values.shape[0]
+    mean = np.nanmean(values, 0) if skip_nan else values.mean(0)
+    sd = (np.nanstd(values, 0, ddof=1) if skip_nan else values.std(0, ddof=1)) if K > 1 else np.zeros_like(mean)
+    h = sst.t.ppf((1 + level) / 2, max(K - 1, 1)) * sd / np.sqrt(K)
+    return mean, mean - h, mean + h
 
-    tr = ctx["train"]
-    fs = ctx.config.fit
+
+def _curves(steps: np.ndarray, disp: np.ndarray, level: float, halfwidth: float) -> dict[str, Any]:
+    """The ensemble mean curve with its band and the 5-95 % band of runs, the Brownian t^½
+    reference anchored at the first step, and the local slopes of the runs and of the mean curve."""
+    import warnings
+
+    mean, mean_lo, mean_hi = _mean_band(disp, level)
+    tg, slope_runs = local_slopes(steps, disp, halfwidth)
+    _, slope_mean = local_slopes(steps, mean[None, :], halfwidth)
+    with warnings.catch_warnings():  # the first log-grid points have < 3 neighbours: NaN slope, stated
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sm, slope_lo, slope_hi = _mean_band(slope_runs, level, skip_nan=True)
+        sq05, sq95 = np.nanquantile(slope_runs, 0.05, 0), np.nanquantile(slope_runs, 0.95, 0)
+    below = np.isfinite(slope_mean[0]) & (slope_mean[0] < 0.5)
+    return {"curve_steps": steps, "curve_mean": mean, "curve_mean_lo": mean_lo, "curve_mean_hi": mean_hi,
+            "curve_q05": np.quantile(disp, 0.05, axis=0), "curve_q95": np.quantile(disp, 0.95, axis=0),
+            "curve_brownian": mean[0] * np.sqrt(steps / steps[0]),  # R_B(t) = R̄(t_0) (t / t_0)^(1/2)
+            "slope_t": tg, "slope_mean_curve": slope_mean[0], "slope_runs_mean": sm, "slope_lo": slope_lo,
+            "slope_hi": slope_hi, "slope_q05": sq05, "slope_q95": sq95,
+            "first_subdiffusive_step_mean_curve": float(tg[np.argmax(below)]) if below.any() else None}
+
+
+def _mean_curve_fit(steps: np.ndarray, mean: np.ndarray, fs: FitConfig) -> tuple[dict, Any]:
+    """eq 17 on the mean curve (whole range and late window, from ``DiffusionFit.to_row``) and its
+    two-segment crossover (App B.3) with the slope change α_late − α_early and its interval."""
+    from ..stats.diffusion import fit_crossover, fit_diffusion, log_grid
+
+    row = fit_diffusion(steps, mean, method=fs.method, n_boot=fs.n_boot, n_grid=fs.n_grid, level=fs.level,
+                        seed=fs.seed)
+    notes = list(row.notes)
+    row = row.to_row()
+    idx = log_grid(steps, fs.n_grid)
+    cx = fit_crossover(np.log(steps[idx]), np.log(mean[idx]), level=fs.level, records=idx)
+    cx_ci = cx.conf_int(fs.level)
+    fit = {"alpha_whole": row["alpha"], "alpha_whole_ci": [row["alpha_lo"], row["alpha_hi"]], "r2_whole": row["r2"],
+           "alpha_late": row["late_alpha"], "alpha_late_ci": [row["late_alpha_lo"], row["late_alpha_hi"]],
+           "late_t_start": row["late_t_start"], "r2_late": row["late_r2"],
+           "t_c": cx.t_c, "t_c_ci": list(cx_ci.loc["t_c"]), "alpha_early": cx.alpha_early, "alpha_late_hinge": cx.alpha_late,
+           "delta": cx.alpha_late - cx.alpha_early, "delta_ci": list(cx_ci.loc["delta"]), "significant": cx.significant,
+           "p_late_less_half": row["late_p_subdiffusive"], "p_whole_less_half": row["p_subdiffusive"],
+           "notes": notes}
+    return fit, test_crossover(fit["delta"], *fit["delta_ci"], fs.level, window="mean curve")
+
+
+def stage_analysis(ctx: StageContext) -> dict[str, Any]:
+    """Per-run eq-17 fits; H1 per run and across runs (late window = the claim, whole range = the
+    paper's fit); the mean curve, its local slope and its crossover; summaries across runs."""
+    tr, fs, an = ctx["train"], ctx.config.fit, ctx.config.analysis
     level = fs.level
-    seed = ctx.config.analysis.seed
     steps = np.asarray(tr["steps"], float)
     ok = ~np.asarray(tr["diverged"], bool)
     disp = np.asarray(tr["displacement"], float)[ok]
-    seeds = np.asarray(tr["seeds"])[ok]
-    runs = fit_runs(steps, disp, fs, [int(s) for s in seeds], positions=np.flatnonzero(ok))
-    n_fail = int((runs["fit_error"] != "").sum())
-    notes = []
-    if n_fail:
-        notes.append(f"{n_fail} runs could not be fitted: {runs.loc[runs['fit_error'] != '', 'fit_error'].iloc[0]}")
-    fitted = runs[runs["fit_error"] == ""]
+    runs = fit_runs(steps, disp, fs, [int(s) for s in np.asarray(tr["seeds"])[ok]], positions=np.flatnonzero(ok))
+    bad = runs["fit_error"] != ""
+    notes = [f"{int(bad.sum())} runs could not be fitted: {runs.loc[bad, 'fit_error'].iloc[0]}"] if bad.any() else []
+    fitted = runs[~bad]
+    hyps, per = test_h1_h3(fitted, level, an.seed, an.n_boot, h1_windows=("late", "whole"), windows=())
+    curves = _curves(steps, disp, level, an.local_slope_halfwidth)
+    mean_fit, crossover = _mean_curve_fit(steps, curves["curve_mean"], fs)
+    hyps.append(crossover)
 
-    # -- hypotheses: H1 on the late window (the claim) and on the whole range (the paper's fit)
-    hyps = []
-    h_late = test_h1(fitted, "late", level)
-    hyps.append(hypothesis_rows(h_late, "late SGD is sub-diffusive: α < 1/2 after t_c (eq 11, d_walk > 2)",
-                                "median over runs of α_late − 1/2", fitted["late_alpha"].to_numpy(float) - 0.5,
-                                level, seed, "H1"))
-    h_whole = test_h1(fitted, "whole", level)
-    hyps.append(hypothesis_rows(h_whole, "sub-diffusion over the whole range (the paper's single fit)",
-                                "median over runs of α_whole − 1/2", fitted["alpha"].to_numpy(float) - 0.5,
-                                level, seed + 1, "H1 (whole range)"))
+    def summ(col):
+        return summarize(fitted[col].to_numpy(float), level, an.seed, n_boot=an.n_boot)
 
-    # -- ensemble mean curve, band, Brownian reference
-    K = disp.shape[0]
-    mean = disp.mean(0)
-    sd = disp.std(0, ddof=1) if K > 1 else np.zeros_like(mean)
-    q = sst.t.ppf((1 + level) / 2, max(K - 1, 1))
-    mean_lo, mean_hi = mean - q * sd / np.sqrt(K), mean + q * sd / np.sqrt(K)
-    q05, q95 = np.quantile(disp, 0.05, axis=0), np.quantile(disp, 0.95, axis=0)
-    brownian = mean[0] * np.sqrt(steps / steps[0])  # R_B(t) = R̄(t_0) (t / t_0)^(1/2), anchored at the first step
-
-    # -- local slope of the mean curve and of each run
-    halfwidth = ctx.config.analysis.local_slope_halfwidth
-    tg, slope_runs = local_slopes(steps, disp, halfwidth)
-    _, slope_mean = local_slopes(steps, mean[None, :], halfwidth)
-    slope_mean = slope_mean[0]
-    import warnings
-
-    with warnings.catch_warnings():  # the first log-grid points have < 3 neighbours: NaN slope, stated
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sm = np.nanmean(slope_runs, 0)
-        ssd = np.nanstd(slope_runs, 0, ddof=1) if K > 1 else np.zeros_like(sm)
-        sq05, sq95 = np.nanquantile(slope_runs, 0.05, 0), np.nanquantile(slope_runs, 0.95, 0)
-    slope_lo, slope_hi = sm - q * ssd / np.sqrt(K), sm + q * ssd / np.sqrt(K)
-    fin_s = np.isfinite(slope_mean)
-    below = fin_s & (slope_mean < 0.5)
-    first_sub = float(tg[np.argmax(below)]) if below.any() else None
-    # -- the mean curve: whole and late fits, crossover with interval
-    fm = fit_diffusion(steps, mean, method=fs.method, n_boot=fs.n_boot, n_grid=fs.n_grid, level=level, seed=fs.seed)
-    idx = log_grid(steps, fs.n_grid)
-    cx = fit_crossover(np.log(steps[idx]), np.log(mean[idx]), level=level, records=idx)
-    mean_fit = {
-        "alpha_whole": fm.whole.alpha, "alpha_whole_ci": list(fm.whole.conf_int(level).loc["alpha"]),
-        "r2_whole": fm.whole.r2,
-        "alpha_late": fm.late.alpha if fm.late else None,
-        "alpha_late_ci": list(fm.late.conf_int(level).loc["alpha"]) if fm.late else [None, None],
-        "late_t_start": fm.late.t_min if fm.late else None, "r2_late": fm.late.r2 if fm.late else None,
-        "t_c": cx.t_c, "t_c_ci": list(cx.conf_int(level).loc["t_c"]), "alpha_early": cx.alpha_early,
-        "alpha_late_hinge": cx.alpha_late,
-        "delta": cx.alpha_late - cx.alpha_early, "delta_ci": list(cx.conf_int(level).loc["delta"]),
-        "significant": cx.significant,
-        "p_late_less_half": fm.late.pvalue_less(0.5) if fm.late else None,
-        "p_whole_less_half": fm.whole.pvalue_less(0.5), "notes": list(fm.notes),
-    }
-    # crossover hypothesis row: slope change on the mean curve (App B.3)
-    hyps.append({
-        "id": "crossover", "claim": "early super-diffusion gives way to slower late diffusion (App B.3)",
-        "window": "mean curve", "statistic": "α_late − α_early of the two-segment fit of the mean curve",
-        "value": mean_fit["delta"], "ci": mean_fit["delta_ci"], "pvalue": None,
-        "p_label": "hinge-model posterior interval (no p)", "n_tested": 1, "n_excluded": 0,
-        "n_support_holm": None, "share_support_holm": None, "share_upper_below": None,
-        "verdict": ("supported: slope drops at t_c (interval < 0)" if mean_fit["delta_ci"][1] < 0 else
-                    "not supported: the slope change's interval includes 0 or is > 0"),
-        "notes": [],
-    })
-    per_run = {c: fitted[c].to_numpy(float) for c in ("alpha", "late_alpha", "t_c", "r2", "late_r2",
-                                                       "alpha_early")}
-    return {
-        "runs": runs.to_dict(orient="list"),
-        "hypotheses": hyps,
-        "h1_late_per_run": h_late.per_run.to_dict(orient="list"),
-        "summary": {
-            "alpha_whole": stats_of(per_run["alpha"], level, seed), "alpha_late": stats_of(per_run["late_alpha"], level, seed),
-            "alpha_early": stats_of(per_run["alpha_early"], level, seed), "t_c": stats_of(per_run["t_c"], level, seed),
-            "r2_whole": stats_of(per_run["r2"], level, seed), "r2_late": stats_of(per_run["late_r2"], level, seed),
-            "n_runs": int(K), "n_fitted": int(len(fitted)), "n_diverged": int((~ok).sum()),
-            "n_crossover_significant": int(fitted["crossover_significant"].fillna(False).astype(bool).sum()),
-            "first_subdiffusive_step_mean_curve": first_sub,
-            "n_no_late_fit": int(fitted["late_alpha"].isna().sum()),
-            "late_fit_notes": sorted({n for row in fitted["notes"].fillna("") for n in row.split("; ")
-                                      if "late" in n or "crossover" in n}),
-        },
-        "mean_fit": mean_fit,
-        "curve_steps": steps, "curve_mean": mean, "curve_mean_lo": mean_lo, "curve_mean_hi": mean_hi,
-        "curve_q05": q05, "curve_q95": q95, "curve_brownian": brownian,
-        "slope_t": tg, "slope_mean_curve": slope_mean, "slope_runs_mean": sm, "slope_lo": slope_lo,
-        "slope_hi": slope_hi, "slope_q05": sq05, "slope_q95": sq95,
-        "notes": notes,
-    }
+    late_notes = sorted({n for row in fitted["notes"].fillna("") for n in row.split("; ") if "late" in n or
+                         "crossover" in n})
+    summary = {"alpha_whole": summ("alpha"), "alpha_late": summ("late_alpha"), "alpha_early": summ("alpha_early"),
+               "t_c": summ("t_c"), "r2_whole": summ("r2"), "r2_late": summ("late_r2"),
+               "n_runs": int(disp.shape[0]), "n_fitted": int(len(fitted)), "n_diverged": int((~ok).sum()),
+               "n_crossover_significant": int(fitted["crossover_significant"].fillna(False).astype(bool).sum()),
+               "first_subdiffusive_step_mean_curve": curves.pop("first_subdiffusive_step_mean_curve"),
+               "n_no_late_fit": int(fitted["late_alpha"].isna().sum()), "late_fit_notes": late_notes}
+    ensemble = {"n_runs": int(np.size(tr["seeds"])), "n_params": int(tr["n_params"]),
+                "train_acc_mean": float(np.mean(tr["final_train_acc"])),
+                "test_acc_mean": float(np.mean(tr["final_test_acc"])), "n_grid_points": int(steps.size)}
+    return {"runs": runs, "hypotheses": hyps, "h1_late_per_run": per["H1_late"].per_run_frame(), "summary": summary,
+            "mean_fit": mean_fit, "ensemble": ensemble, **curves, "notes": notes}
 
 
 def _no_run_left(ctx: StageContext):
@@ -225,6 +206,6 @@ STAGES = [
 
 
 def write_report(ctx: StageContext):
-    from ..reporting.diffusion_reports import write_anomalous_diffusion
+    from ..reporting.anomalous_diffusion import write_report as write
 
-    return write_anomalous_diffusion(ctx)
+    return write(ctx)

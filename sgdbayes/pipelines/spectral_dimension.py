@@ -11,7 +11,7 @@ Stages (cached by :mod:`sgdbayes.runner`):
                 intervals; H1 (late), H2/H3 (whole and late windows), H7 (displacement vs λ and
                 held-out prediction of late displacement); cross-run regressions d_s ~ λ, d_s ~ λ̄
 
-Report: :func:`sgdbayes.reporting.diffusion_reports.write_spectral_dimension`.
+Report: :mod:`sgdbayes.reporting.spectral_dimension`.
 """
 from __future__ import annotations
 
@@ -25,16 +25,9 @@ from .._validation import check_int
 from ..runner.orchestrate import Stage, StageContext
 from ..runner.typed import StudyConfig
 from ..sampling import LLCConfig
-from ._diffusion_common import (
-    bootstrap_ci,
-    fit_runs,
-    h7_prediction,
-    hypothesis_rows,
-    llc_summaries,
-    parse_layers,
-    stats_of,
-    train_cell,
-)
+from ..stats.summaries import llc_summaries, summarize
+from ..stats.verdicts import test_h1_h3
+from ._diffusion_common import fit_runs, h7_tests, parse_layers, train_cell
 from ._ensemble_arrays import divergence_summary
 from .sections import (
     BootstrapConfig,
@@ -48,8 +41,7 @@ from .sections import (
     sgd_ensemble,
 )
 
-__all__ = ["CONFIG", "SpectralDimensionConfig", "SweepConfig", "STAGES", "write_report", "table7_architectures",
-           "h7_rows", "diffusion_hypotheses"]
+__all__ = ["CONFIG", "SpectralDimensionConfig", "SweepConfig", "STAGES", "write_report", "table7_architectures"]
 
 
 @dataclass(frozen=True)
@@ -161,192 +153,137 @@ def stage_sweep(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- analysis helpers
+# --------------------------------------------------------------------------- analysis
 
-def diffusion_hypotheses(runs: pd.DataFrame, level: float, seed: int, label: str = "") -> tuple[list, dict]:
-    """H1 (late), H2 and H3 (whole = the paper's d_s; late window) as verdict rows + per-run tables."""
-    from ..stats.hypotheses import test_h1, test_h2, test_h3
-
-    rows, per = [], {}
-    sfx = f" [{label}]" if label else ""
-    h = test_h1(runs, "late", level)
-    rows.append(hypothesis_rows(h, "late SGD is sub-diffusive (α < 1/2)", "median α_late − 1/2",
-                                runs["late_alpha"].to_numpy(float) - 0.5, level, seed, "H1" + sfx))
-    per["H1_late"] = h.to_frame()
-    for win in ("whole", "late"):
-        pre = "" if win == "whole" else "late_"
-        h2 = test_h2(runs, win, level)
-        pos = runs["llc"].to_numpy(float) > 0
-        rows.append(hypothesis_rows(h2, "d_s ≤ λ (Lemma 3.4) ⇔ α ≤ 1/2 for λ > 0", "median (d_s − λ), λ > 0",
-                                    (runs[pre + "d_s"].to_numpy(float) - runs["llc"].to_numpy(float))[pos],
-                                    level, seed + 1, "H2" + sfx))
-        per[f"H2_{win}"] = h2.to_frame()
-        if runs["llc_mean"].notna().any():
-            h3 = test_h3(runs, win, level)
-            rows.append(hypothesis_rows(h3, "d_s ≤ λ̄ (Cor 3.3) ⇔ α ≤ λ̄/(2λ)", "median (d_s − λ̄), λ > 0",
-                                        (runs[pre + "d_s"].to_numpy(float) - runs["llc_mean"].to_numpy(float))[pos],
-                                        level, seed + 2, "H3" + sfx))
-            per[f"H3_{win}"] = h3.to_frame()
-    return rows, per
-
-
-def h7_rows(runs: pd.DataFrame, pred: dict, margin: float, level: float, n_boot: int, seed: int) -> tuple[list, dict]:
-    """H7 (Figs 14-15, 17-18): (a) weights move further when λ is small: Spearman ρ(R_T, λ_final) < 0
-    with a bootstrap interval; (b) late displacement is predictable from an early-window eq-17 fit:
-    median |R̂_T/R_T − 1| with a bootstrap interval, 'predictable' when its upper bound < ``margin``."""
-    from ..stats.regression import cross_run_regressions
-
-    df = pd.DataFrame({"R_final": pred["R_true_final"], "llc": runs["llc"].to_numpy(float),
-                       "R_pred": pred["R_pred_final"]})
-    reg = cross_run_regressions(df, [("R_final", "llc"), ("R_final", "R_pred")], n_boot=n_boot, level=level, seed=seed)
-    tab = reg.table
-    sp = tab[(tab["kind"] == "spearman") & (tab["x"] == "llc")].iloc[0]
-    rows = []
-    if sp["estimate"] is None or not np.isfinite(sp["estimate"]):
-        v1 = f"untestable: {sp['note']}"
-    elif sp["hi"] < 0:
-        v1 = "supported"
-    elif sp["lo"] > 0:
-        v1 = "contradicted (ρ > 0)"
-    else:
-        v1 = "not supported (interval includes 0)"
-    rows.append({"id": "H7", "claim": "weights move further when λ is small", "window": "final R_T",
-                 "statistic": "Spearman ρ(R_T, λ_final)", "value": sp["estimate"], "ci": [sp["lo"], sp["hi"]],
-                 "pvalue": sp["p"], "p_label": "two-sided, Spearman", "n_tested": int(sp["n"]), "n_excluded": 0,
-                 "n_support_holm": None, "share_support_holm": None, "share_upper_below": None,
-                 "verdict": v1, "notes": []})
-    err = np.abs(np.asarray(pred["rel_err_final"], float))
-    fe = err[np.isfinite(err)]
-    med = float(np.median(fe)) if fe.size else float("nan")
-    lo, hi = bootstrap_ci(fe, np.median, n_boot=n_boot, level=level, seed=seed)
-    if not fe.size:
-        v2 = "untestable: no early-window fit"
-    elif np.isfinite(hi) and hi < margin:
-        v2 = f"supported (upper bound < margin {margin:g})"
-    else:
-        v2 = f"not supported (upper bound ≥ margin {margin:g})"
-    rows.append({"id": "H7", "claim": "late displacement is predicted by an early-window eq-17 fit",
-                 "window": "held-out late window", "statistic": "median |R̂_T/R_T − 1|", "value": med,
-                 "ci": [lo, hi], "pvalue": None, "p_label": "—", "n_tested": int(fe.size),
-                 "n_excluded": int(pred["n_failed"]), "n_support_holm": None, "share_support_holm": None,
-                 "share_upper_below": None, "verdict": v2, "notes": []})
-    return rows, {"regressions": tab.to_dict(orient="list")}
-
-
-def _run_table(steps, disp, llc_arr, fs: FitConfig, ids, last: int, positions):
+def _run_table(steps, disp, llc_arr, fs: FitConfig, ids, last: int, positions) -> pd.DataFrame:
+    """Per-run eq-17 fits with final λ and λ̄ (:func:`~sgdbayes.stats.summaries.llc_summaries`)."""
     summ = llc_summaries(llc_arr, last)
-    runs = fit_runs(steps, disp, fs, ids, llc=summ["llc_final"], llc_se=summ["llc_final_se"],
-                    llc_mean=summ["llc_mean"], llc_mean_se=summ["llc_mean_se"], positions=positions)
-    runs["n_negative_estimates"] = summ["n_negative_estimates"]
+    runs = fit_runs(steps, disp, fs, ids, llc=summ.llc_final, llc_se=summ.llc_final_se, llc_df=summ.llc_final_df,
+                    llc_mean=summ.llc_mean, llc_mean_se=summ.llc_mean_se, positions=positions)
+    runs["n_negative_estimates"] = summ.n_negative_estimates
     return runs
 
 
-def stage_analysis(ctx: StageContext) -> dict[str, Any]:
+def _summary(fitted: pd.DataFrame, pred, runs, nonpos, n_estimates: int, level: float, seed: int, n_boot: int):
+    def summ(v):
+        return summarize(np.asarray(v, float), level, seed, n_boot=n_boot)
+
+    cols = {"llc_final": "llc", "llc_mean": "llc_mean", "llc_final_se": "llc_se", "alpha": "alpha",
+            "late_alpha": "late_alpha", "d_s": "d_s", "late_d_s": "late_d_s", "r2": "r2", "t_c": "t_c",
+            "test_acc": "test_acc", "R_final": "R_final"}
+    out = {k: summ(fitted[c]) for k, c in cols.items()}
+    out.update(r2_heldout=summ(pred.r2_heldout), rel_err_final=summ(pred.rel_err_final), n_runs=int(len(runs)),
+               n_fitted=int(len(fitted)), n_llc_nonpositive=int(len(nonpos)),
+               n_negative_estimates=int(np.sum(fitted["n_negative_estimates"])), n_estimates=int(n_estimates),
+               share_d_s_le_llc=float(np.mean(fitted["d_s"].to_numpy(float) <= fitted["llc"].to_numpy(float)))
+               if len(fitted) else None)
+    return out
+
+
+def _paper_table8(level: float, seed: int, n_boot: int) -> dict:
     from ..paper import load_table
+
+    t8 = load_table(8)
+    d_s, lam = t8["d_s"].to_numpy(float), t8["llc"].to_numpy(float)
+    return {"d_s": summarize(d_s, level, seed, n_boot=n_boot), "llc": summarize(lam, level, seed, n_boot=n_boot),
+            "share_d_s_le_llc": float(np.mean(d_s <= lam)),
+            "alpha_implied": summarize(d_s / (2 * lam), level, seed, n_boot=n_boot)}
+
+
+def _arch_row(sw: dict, a: int, g: pd.DataFrame) -> dict:
+    """One Table-7 architecture: its runs' mean d_s, λ, λ̄, α (intervals when it has one run)."""
+    def mean(c):
+        return float(g[c].mean()) if len(g) and g[c].notna().any() else None
+
+    one = len(g) == 1
+    return {"row": int(sw["rows"][a]), "layers_paper": sw["layers_paper"][a], "widths": sw["widths"][a],
+            "n_params": int(sw["n_params"][a]), "paper_params": int(sw["paper_params"][a]),
+            "paper_d_s": float(sw["paper_d_s"][a]), "paper_llc": float(sw["paper_llc"][a]), "n_runs": int(len(g)),
+            "d_s": mean("d_s"), "d_s_lo": mean("d_s_lo") if one else None, "d_s_hi": mean("d_s_hi") if one else None,
+            "llc": mean("llc"), "llc_se": mean("llc_se"), "llc_mean": mean("llc_mean"), "alpha": mean("alpha"),
+            "alpha_lo": mean("alpha_lo") if one else None, "alpha_hi": mean("alpha_hi") if one else None,
+            "late_alpha": mean("late_alpha"), "r2": mean("r2"), "test_acc": mean("test_acc"),
+            "wall_s": float(sw["wall_s_per_arch"][a])}
+
+
+def _sweep_analysis(sw: dict, c, notes: list) -> tuple[dict, list]:
+    """The Table-7 sweep: per-run fits, per-architecture rows, H2 (both windows) over the sweep runs,
+    d_s ~ λ and ours ~ the paper's d_s across architectures."""
     from ..stats.regression import cross_run_regressions
 
-    tr, sw = ctx["train"], ctx["sweep"]
-    c = ctx.config
-    fs = c.fit
-    level, seed, n_boot = fs.level, c.analysis.seed, c.analysis.n_boot
-    last = c.llc_schedule.last
+    fs, level, seed, n_boot = c.fit, c.fit.level, c.analysis.seed, c.analysis.n_boot
+    A, S, _ = np.asarray(sw["displacement"]).shape
+    parts = []
+    for a in range(A):
+        keep = ~np.asarray(sw["diverged"][a], bool)  # diverged sweep runs are left out like the others
+        if not keep.any():
+            continue
+        r = _run_table(np.asarray(sw["steps"], float), np.asarray(sw["displacement"][a], float)[keep],
+                       np.asarray(sw["llc"][a], float)[keep], fs,
+                       [f"T7-{int(sw['rows'][a])}/s{s}" for s in np.flatnonzero(keep)], c.llc_schedule.last,
+                       np.flatnonzero(keep))
+        r["arch"], r["row"], r["test_acc"] = a, int(sw["rows"][a]), np.asarray(sw["final_test_acc"][a])[keep]
+        parts.append(r)
+    n_div = int(np.asarray(sw["diverged"], bool).sum())
+    if n_div:
+        notes.append(f"{n_div} of {A * S} sweep runs diverged; left out of the sweep analysis")
+    if not parts:  # every sweep run diverged: nothing to analyse (the note says so)
+        return {"enabled": False, "all_diverged": True}, []
+    sfit = pd.concat(parts, ignore_index=True)
+    sfit = sfit[sfit["fit_error"] == ""].reset_index(drop=True)
+    arch = [_arch_row(sw, a, sfit[sfit["arch"] == a]) for a in range(A)]
+    tests, _ = test_h1_h3(sfit, level, seed + 10, n_boot, suffix="sweep")
+    paper_vs = pd.DataFrame({"ours": [x["d_s"] for x in arch], "paper": [x["paper_d_s"] for x in arch]})
+    out = {"enabled": True, "arch": arch, "runs": sfit,
+           "regressions": cross_run_regressions(sfit, [("d_s", "llc")], n_boot=n_boot, level=level, seed=seed),
+           "ours_vs_paper": cross_run_regressions(paper_vs, [("ours", "paper")], n_boot=n_boot, level=level, seed=seed),
+           "n_llc_nonpositive": int((~(sfit["llc"] > 0)).sum()), "total_steps": int(sw["total_steps"])}
+    return out, [t for t in tests if t.id.startswith("H2")]
+
+
+def stage_analysis(ctx: StageContext) -> dict[str, Any]:
+    """Per run: final λ, λ̄, eq-17 fits, d_s; H1-H3 and H7 across runs; cross-run regressions; the
+    sweep; summaries beside the paper's Table 8."""
+    from ..stats.prediction import predict_late_displacement
+    from ..stats.regression import cross_run_regressions
+
+    tr, sw, c = ctx["train"], ctx["sweep"], ctx.config
+    fs, level, seed, n_boot = c.fit, c.fit.level, c.analysis.seed, c.analysis.n_boot
     steps = np.asarray(tr["steps"], float)
     ok = ~np.asarray(tr["diverged"], bool)
     disp = np.asarray(tr["displacement"], float)[ok]
-    ids = [int(s) for s in np.asarray(tr["seeds"])[ok]]
-    runs = _run_table(steps, disp, np.asarray(tr["llc"], float)[ok], fs, ids, last, np.flatnonzero(ok))
+    runs = _run_table(steps, disp, np.asarray(tr["llc"], float)[ok], fs, [int(s) for s in np.asarray(tr["seeds"])[ok]],
+                      c.llc_schedule.last, np.flatnonzero(ok))
     runs["test_acc"] = np.asarray(tr["final_test_acc"])[ok]
     runs["R_final"] = disp[:, -1]
-    notes = []
-    if (~ok).any():
-        notes.append(f"{int((~ok).sum())} diverged runs left out of every analysis")
-    fitted = runs[runs["fit_error"] == ""].reset_index(drop=True)
-    hyps, per = diffusion_hypotheses(fitted, level, seed)
-    pred = h7_prediction(steps, disp[(runs["fit_error"] == "").to_numpy()], c.h7.split, fs)
-    h7, h7extra = h7_rows(fitted, pred, c.h7.margin, level, n_boot, seed)
+    notes = [f"{int((~ok).sum())} diverged runs left out of every analysis"] if (~ok).any() else []
+    is_fit = (runs["fit_error"] == "").to_numpy()
+    fitted = runs[is_fit].reset_index(drop=True)
+    hyps, per = test_h1_h3(fitted, level, seed, n_boot)
+    pred = predict_late_displacement(steps, disp[is_fit], c.h7.split, n_grid=fs.n_grid)
+    h7, h7_reg = h7_tests(pred.R_true_final, fitted["llc"], pred.R_pred_final, pred.rel_err_final, pred.n_failed,
+                          c.h7.margin, level, n_boot, seed)
     hyps += h7
     reg = cross_run_regressions(fitted, [("d_s", "llc"), ("d_s", "llc_mean"), ("late_d_s", "llc")],
                                 eiv=[("d_s", "llc")], eiv_se={"d_s": "d_s_se", "llc": "llc_se"},
                                 n_boot=n_boot, level=level, seed=seed)
     nonpos = fitted[~(fitted["llc"] > 0)]
-    t8 = load_table(8)
     out: dict[str, Any] = {
-        "runs": fitted.to_dict(orient="list"), "hypotheses": hyps, "per_run_tests": {k: v.to_dict(orient="list") for k, v in per.items()},
-        "h7_pred": {k: (v if np.isscalar(v) else np.asarray(v, float)) for k, v in pred.items()},
-        "h7_regressions": h7extra["regressions"], "regressions": reg.table.to_dict(orient="list"),
-        "llc_nonpositive": nonpos[["run", "llc", "llc_se", "alpha", "d_s", "late_alpha", "late_d_s"]].to_dict(orient="list"),
-        "summary": {
-            "llc_final": stats_of(fitted["llc"], level, seed), "llc_mean": stats_of(fitted["llc_mean"], level, seed),
-            "llc_final_se": stats_of(fitted["llc_se"], level, seed),
-            "alpha": stats_of(fitted["alpha"], level, seed), "late_alpha": stats_of(fitted["late_alpha"], level, seed),
-            "d_s": stats_of(fitted["d_s"], level, seed), "late_d_s": stats_of(fitted["late_d_s"], level, seed),
-            "r2": stats_of(fitted["r2"], level, seed), "r2_heldout": stats_of(pred["r2_heldout"], level, seed),
-            "rel_err_final": stats_of(pred["rel_err_final"], level, seed),
-            "t_c": stats_of(fitted["t_c"], level, seed), "test_acc": stats_of(fitted["test_acc"], level, seed),
-            "R_final": stats_of(fitted["R_final"], level, seed),
-            "n_runs": int(len(runs)), "n_fitted": int(len(fitted)), "n_llc_nonpositive": int(len(nonpos)),
-            "n_negative_estimates": int(np.sum(fitted["n_negative_estimates"])),
-            "n_estimates": int(np.size(tr["llc"])),
-        },
-        "paper_table8": {"d_s": stats_of(t8["d_s"].to_numpy(float), level, seed),
-                         "llc": stats_of(t8["llc"].to_numpy(float), level, seed),
-                         "share_d_s_le_llc": float(np.mean(t8["d_s"] <= t8["llc"])),
-                         "alpha_implied": stats_of((t8["d_s"] / (2 * t8["llc"])).to_numpy(float), level, seed)},
-        "notes": notes,
-    }
+        "runs": fitted, "hypotheses": hyps, "per_run_tests": {k: h.per_run_frame() for k, h in per.items()},
+        "h7_pred": pred,
+        "h7_curve_index": np.flatnonzero(ok)[is_fit],  # rows of the train stage that pred's runs are
+        "h7_regressions": h7_reg, "regressions": reg,
+        "llc_nonpositive": nonpos[["run", "llc", "llc_se", "alpha", "d_s", "late_alpha", "late_d_s"]],
+        "summary": _summary(fitted, pred, runs, nonpos, np.size(tr["llc"]), level, seed, n_boot),
+        "paper_table8": _paper_table8(level, seed, n_boot), "notes": notes, "sweep": {"enabled": False},
+        "ensemble": {"n_runs": int(np.size(tr["seeds"])), "n_params": int(tr["n_params"]), "widths": tr["widths"],
+                     "total_steps": int(tr["total_steps"]), "nbeta": float(tr["nbeta"]),
+                     "llc_trend_flags": int(tr["llc_trend_flags"]), "llc_n_estimates": int(tr["llc_n_estimates"]),
+                     # the localization relaxes a displacement in 2/(εγ) steps (docs/methods.md)
+                     "relaxation_steps": 2.0 / (c.llc.step_size * c.llc.localization)}}
     if sw.get("enabled"):
-        A, S, G = np.asarray(sw["displacement"]).shape
-        sruns_all = []
-        for a in range(A):
-            keep = ~np.asarray(sw["diverged"][a], bool)  # diverged sweep runs are left out like the others
-            if not keep.any():
-                continue
-            r = _run_table(np.asarray(sw["steps"], float), np.asarray(sw["displacement"][a], float)[keep],
-                           np.asarray(sw["llc"][a], float)[keep], fs,
-                           [f"T7-{int(sw['rows'][a])}/s{s}" for s in np.flatnonzero(keep)], last, np.flatnonzero(keep))
-            r["arch"] = a
-            r["row"] = int(sw["rows"][a])
-            r["test_acc"] = np.asarray(sw["final_test_acc"][a])[keep]
-            sruns_all.append(r)
-        n_sweep_diverged = int(np.asarray(sw["diverged"], bool).sum())
-        if n_sweep_diverged:
-            notes.append(f"{n_sweep_diverged} of {A * S} sweep runs diverged; left out of the sweep analysis")
-        if not sruns_all:  # every sweep run diverged: nothing to analyse (the note says so)
-            out["sweep"] = {"enabled": False, "all_diverged": True}
-            return out
-        sruns = pd.concat(sruns_all, ignore_index=True)
-        sfit = sruns[sruns["fit_error"] == ""].reset_index(drop=True)
-        arch = []
-        for a in range(A):
-            g = sfit[sfit["arch"] == a]
-            arch.append({
-                "row": int(sw["rows"][a]), "layers_paper": sw["layers_paper"][a], "widths": sw["widths"][a],
-                "n_params": int(sw["n_params"][a]), "paper_params": int(sw["paper_params"][a]),
-                "paper_d_s": float(sw["paper_d_s"][a]), "paper_llc": float(sw["paper_llc"][a]),
-                "n_runs": int(len(g)), "d_s": float(g["d_s"].mean()) if len(g) else None,
-                "d_s_lo": float(g["d_s_lo"].mean()) if len(g) == 1 else None,
-                "d_s_hi": float(g["d_s_hi"].mean()) if len(g) == 1 else None,
-                "llc": float(g["llc"].mean()) if len(g) else None, "llc_se": float(g["llc_se"].mean()) if len(g) else None,
-                "llc_mean": float(g["llc_mean"].mean()) if len(g) else None,
-                "alpha": float(g["alpha"].mean()) if len(g) else None,
-                "alpha_lo": float(g["alpha_lo"].mean()) if len(g) == 1 else None,
-                "alpha_hi": float(g["alpha_hi"].mean()) if len(g) == 1 else None,
-                "late_alpha": float(g["late_alpha"].mean()) if len(g) and g["late_alpha"].notna().any() else None,
-                "r2": float(g["r2"].mean()) if len(g) else None, "test_acc": float(g["test_acc"].mean()) if len(g) else None,
-                "wall_s": float(sw["wall_s_per_arch"][a]),
-            })
-        shyps, _ = diffusion_hypotheses(sfit, level, seed + 10, "sweep")
-        sreg = cross_run_regressions(sfit, [("d_s", "llc")], n_boot=n_boot, level=level, seed=seed)
-        paper_vs = pd.DataFrame({"ours": [x["d_s"] for x in arch], "paper": [x["paper_d_s"] for x in arch]})
-        preg = cross_run_regressions(paper_vs, [("ours", "paper")], n_boot=n_boot, level=level, seed=seed)
-        out.update({"sweep": {"enabled": True, "arch": arch, "runs": sfit.to_dict(orient="list"),
-                              "regressions": sreg.table.to_dict(orient="list"),
-                              "ours_vs_paper": preg.table.to_dict(orient="list"),
-                              "n_llc_nonpositive": int((~(sfit["llc"] > 0)).sum()),
-                              "total_steps": int(sw["total_steps"])}})
-        hyps += [h for h in shyps if h["id"].startswith("H2")]
-    else:
-        out["sweep"] = {"enabled": False}
+        out["sweep"], sweep_h2 = _sweep_analysis(sw, c, notes)
+        hyps += sweep_h2
     return out
 
 
@@ -363,6 +300,6 @@ STAGES = [
 
 
 def write_report(ctx: StageContext):
-    from ..reporting.diffusion_reports import write_spectral_dimension
+    from ..reporting.spectral_dimension import write_report as write
 
-    return write_spectral_dimension(ctx)
+    return write(ctx)

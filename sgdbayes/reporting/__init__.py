@@ -1,11 +1,4 @@
-"""Reporting helpers (markdown tables, number formatting, atomic writes, versions)."""
-from .markdown import (  # noqa: F401
-    atomic_directory,
-    atomic_savefig,
-    atomic_write_text,
-    fmt_ci,
-    fmt_num,
-    fmt_p,
-    md_table,
-    versions_block,
-)
+"""Reports: one toolkit (:mod:`.toolkit`, numbers formatted by :mod:`.format`) and one module per
+report (:mod:`.anomalous_diffusion`, :mod:`.spectral_dimension`, :mod:`.ablations`,
+:mod:`.posterior_concentration`, :mod:`.analyze`). Reports show numbers the analysis stored; they
+compute no statistic of their own (docs/architecture.md)."""

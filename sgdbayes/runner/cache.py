@@ -7,7 +7,8 @@ Layout (one directory per configuration hash)::
         .lock                  OS file lock held by the process writing this entry
         <stage>/               one directory per finished stage
             arrays.npz         every numpy-array output of the stage
-            data.json          every other (JSON-able) output
+            data.json          every other output: plain JSON values, and Results (and DataFrames)
+                               stored with ``Result.to_dict`` and rebuilt as Results on load
             _done.json         written last: identity, file sizes + sha256, wall time, device
 
 A stage directory is built in a temporary sibling (``sgdbayes._io.atomic_directory``) and
@@ -26,7 +27,6 @@ missing or corrupt file, which the runner answers by recomputing that stage.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 import zipfile
@@ -38,7 +38,7 @@ import numpy as np
 from .._io import atomic_directory, atomic_write_text
 from .fingerprint import sha256_file
 
-__all__ = ["StageCache", "CacheEntryError", "to_jsonable"]
+__all__ = ["StageCache", "CacheEntryError"]
 
 _DONE = "_done.json"
 
@@ -51,31 +51,11 @@ class CacheEntryError(Exception):
         self.stage, self.file, self.reason = stage, file, reason
 
 
-def to_jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays, tuples, Paths -> plain JSON.
+def _jsonable(obj: Any) -> Any:
+    """The one JSON convention (:func:`sgdbayes.stats.results.jsonable`): Results keep their class."""
+    from ..stats.results import jsonable
 
-    NaN -> ``None``; ±inf -> the strings ``"inf"`` / ``"-inf"`` (JSON has no
-    infinity, and an infinite KL must not read as "missing"; ``float("inf")``
-    parses them back).
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        if math.isnan(f):
-            return None
-        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+    return jsonable(obj)
 
 
 class StageCache:
@@ -96,7 +76,7 @@ class StageCache:
             shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
         atomic_write_text(
             self.root / "config.json",
-            json.dumps(to_jsonable({"config": config, "hashed": hashed, **(meta or {})}), indent=2),
+            json.dumps(_jsonable({"config": config, "hashed": hashed, **(meta or {})}), indent=2),
         )
 
     def stage_dir(self, name: str) -> Path:
@@ -129,10 +109,10 @@ class StageCache:
             if arrays:
                 with open(tmp / "arrays.npz", "wb") as fh:
                     np.savez(fh, **arrays)
-            (tmp / "data.json").write_text(json.dumps(to_jsonable(data), indent=1))
+            (tmp / "data.json").write_text(json.dumps(_jsonable(data), indent=1))
             files = {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
                      for f in sorted(tmp.iterdir()) if f.is_file()}
-            (tmp / _DONE).write_text(json.dumps(to_jsonable({**info, "files": files, "finished": time.time()})))
+            (tmp / _DONE).write_text(json.dumps(_jsonable({**info, "files": files, "finished": time.time()})))
 
     def _check_files(self, name: str, info: Mapping) -> None:
         d = self.stage_dir(name)
@@ -153,9 +133,11 @@ class StageCache:
         """The stage's outputs, after checking every file against ``_done.json``."""
         d = self.stage_dir(name)
         self._check_files(name, self.info(name))
+        from ..stats.results import revive
+
         try:
-            out: dict[str, Any] = json.loads((d / "data.json").read_text())
-        except (OSError, ValueError) as exc:
+            out: dict[str, Any] = revive(json.loads((d / "data.json").read_text()))
+        except (OSError, ValueError, TypeError) as exc:  # unreadable, or a stored result this sgdbayes cannot rebuild
             raise CacheEntryError(name, str(d / "data.json"), f"cannot read ({exc})") from None
         if (d / "arrays.npz").is_file():
             try:

@@ -223,11 +223,11 @@ def _is_presentational(key: str, presentational: Iterable[str]) -> bool:
 
 def hashed_config(cfg, presentational: Iterable[str] = ()) -> dict:
     """The flat part of the typed ``cfg`` that determines results (the cache key's input)."""
-    from .cache import to_jsonable
+    from ..stats.results import jsonable
 
     presentational = tuple(presentational)
     flat = flatten(config_to_dict(cfg))
-    return {k: to_jsonable(v) for k, v in sorted(flat.items()) if not _is_presentational(k, presentational)}
+    return {k: jsonable(v) for k, v in sorted(flat.items()) if not _is_presentational(k, presentational)}
 
 
 def config_hash(cfg, presentational: Iterable[str] = (), study: str = "", inputs: Mapping[str, str] | None = None,

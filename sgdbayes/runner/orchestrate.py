@@ -6,7 +6,8 @@ A pipeline module (``[study] pipeline`` in the study's TOML) provides
   whose fields are the TOML sections); the runner builds it once, ``ctx.config`` is it;
 * ``STAGES``: a list of :class:`Stage` (name, function, description) run in order; each
   function takes a :class:`StageContext` and returns a flat dict whose values are numpy
-  arrays or JSON-able objects (saved atomically by the cache);
+  arrays, results (:class:`~sgdbayes.stats.results.Result`, stored with ``to_dict`` and
+  rebuilt on load) or plain JSON values (saved atomically by the cache);
 * ``write_report(ctx) -> Path``: renders the report from the stage outputs (cheap and
   always re-run, so a cached rerun regenerates the report in seconds).
 
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .cache import CacheEntryError, StageCache, to_jsonable
+from .cache import CacheEntryError, StageCache
 from .config import StudyDecl, config_hash, get_path, hashed_config, load_study, resolve_config
 from .fingerprint import file_fingerprints, save_memo
 from .typed import ConfigError, config_to_dict
@@ -79,7 +80,9 @@ class StageContext:
     @property
     def config_dict(self) -> dict:
         """The canonical (JSON-able) nested dict of ``config``, as stored in results.json."""
-        return to_jsonable(config_to_dict(self.config))
+        from ..stats.results import jsonable
+
+        return jsonable(config_to_dict(self.config))
 
     def __getitem__(self, stage: str) -> dict:
         return self.outputs[stage]

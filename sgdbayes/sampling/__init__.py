@@ -1,5 +1,5 @@
 """SGLD sampling for sgdbayes: batched localized SGLD, LLC estimation (paper eq 25),
-temperature-1 posterior SGLD (SCIENCE.md §5), MCMC diagnostics, and a devinterp
+temperature-1 posterior SGLD (docs/methods.md#posterior-concentration), MCMC diagnostics, and a devinterp
 1.3.2 reference backend.
 
 Main entry points::

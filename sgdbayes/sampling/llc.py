@@ -1,6 +1,6 @@
 """Local learning coefficient (LLC) estimation with batched localized SGLD.
 
-Estimator (paper eq 25, devinterp 1.x convention, SCIENCE.md §2)::
+Estimator (paper eq 25, devinterp 1.x convention, docs/methods.md#measured-quantities)::
 
     λ̂(w*) = nβ · ( mean over draws of L_B(w_draw) − L(w*) )
 

@@ -1,6 +1,6 @@
 """Temperature-1 posterior SGLD (Welling & Teh 2011) from given start weights.
 
-SCIENCE.md §5 ("Bayesian references", 1)::
+docs/methods.md#posterior-concentration (the SGLD reference)::
 
     Δw = −(ε/2) [ n ∇L_B(w) + ω w ] + N(0, ε I)
 
@@ -47,7 +47,7 @@ __all__ = ["PosteriorConfig", "PosteriorResult", "sample_posterior"]
 
 @dataclass(frozen=True)
 class PosteriorConfig:
-    """Settings of posterior SGLD (validated). Defaults = paper (SCIENCE.md §5)."""
+    """Settings of posterior SGLD (validated). Defaults = paper (docs/methods.md#posterior-concentration)."""
 
     step_size: float = 1e-5
     num_samples: int = 1000

@@ -4,7 +4,7 @@ Rows of ``w`` are independent chains; for LLC estimation ``M = K models x C
 chains`` flattened as ``row = k * C + c``.
 
 Update rule (devinterp 1.x ``devinterp.optim.sgld.SGLD``, matched term by term;
-SCIENCE.md §2, paper eq 25 / Lau et al. 2024)::
+docs/methods.md#measured-quantities, paper eq 25 / Lau et al. 2024)::
 
     dw    = nβ ∇L_B(w) + ω w + γ (w − w*)
     w_new = w − (ε/2) dw + sqrt(ε) σ ξ,        ξ ~ N(0, I)
@@ -12,7 +12,7 @@ SCIENCE.md §2, paper eq 25 / Lau et al. 2024)::
 with step size ε, inverse temperature nβ, weight decay ω, localization γ
 towards the centre w* (the starting point), and noise level σ (1 for a true
 sampler). ``L_B`` is the minibatch *mean* loss. With γ = ω = 0 and nβ = n this
-is Welling & Teh's temperature-1 SGLD (SCIENCE.md §5):
+is Welling & Teh's temperature-1 SGLD (docs/methods.md#posterior-concentration):
 ``Δw = −(ε/2) n ∇L_B(w) + N(0, ε I)``.
 
 Style follows the small functional samplers of ``posteriors``:
@@ -123,7 +123,7 @@ class SGLDConfig:
     weight_decay : float
         ω >= 0, pull towards 0 (a Gaussian prior of precision ω).
     noise_level : float
-        σ > 0; 1 for a sampler (devinterp warns otherwise; so do we in docs).
+        σ > 0; 1 for a sampler (devinterp warns otherwise; so does docs/methods.md#measured-quantities).
     """
 
     step_size: float

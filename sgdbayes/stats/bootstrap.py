@@ -47,16 +47,6 @@ def as_generator(seed: SeedLike = None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def resolve_seed(seed: SeedLike, rng: SeedLike, where: str) -> SeedLike:
-    """``seed``, or the deprecated ``rng=`` spelling of the same argument (compat until phase B of
-    issue 11; give one of them)."""
-    if rng is not None:
-        if seed is not None:
-            raise ValueError(f"{where}: give seed= (rng= is its old name), not both")
-        return rng
-    return seed
-
-
 def resample_runs(n: int, n_boot: int, seed: SeedLike = None) -> np.ndarray:
     """Bootstrap indices over ``n`` independent runs.
 

@@ -1,4 +1,4 @@
-"""Clustering SGD solutions in function space (paper §4.2, App G.4; SCIENCE.md §5).
+"""Clustering SGD solutions in function space (paper §4.2, App G.4; docs/methods.md#posterior-concentration).
 
 Weight space has permutation and rescaling symmetries, so solutions are
 clustered by *what they compute*: each network's predictions (probabilities or

@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .._validation import check_float, check_generator, check_level, check_n_boot
-from .bootstrap import label_positions, one_sided_bounds, percentile_interval, upper_bound
+from .bootstrap import label_positions, one_sided_bounds, percentile_interval
 from .divergence import (
     DEFAULT_MARGIN,
     BootstrapDivergenceResult,
@@ -173,8 +173,9 @@ def _kruskal_hypothesis(kw: dict, n_values: int, level: float) -> HypothesisTest
         kv = (Verdict.NOT_SUPPORTED, f"omnibus test without an interval, decided by its p-value: p >= {a:g}")
     return HypothesisTest.decided("H4-kruskal", "λ̂ differs between clusters", "Kruskal–Wallis H (λ̂ by cluster)",
                                   kw["statistic"], None, None, kw["pvalue"] if np.isfinite(kw["pvalue"]) else None,
-                                  f"Kruskal–Wallis ({kw['p_method']})", level, threshold=0.0, direction="greater",
-                                  override=kv, window="clusters", n_tested=n_values, details={"k": kw["k"]})
+                                  f"Kruskal–Wallis ({kw['p_method']}), H0: λ̂ distributed alike in every cluster",
+                                  level, threshold=0.0, direction="greater", override=kv, window="clusters",
+                                  n_tested=n_values, details={"k": kw["k"]})
 
 
 def test_h4(labels, categories: Sequence, llc, *, n_boot: int = 1000, level: float = 0.95,
@@ -285,13 +286,10 @@ def paired_bootstrap_divergences(dist_ref: Callable, dist_target: Callable, n: i
         notes.append(f"plug-in KL infinite: {names[1]} is zero where {names[0]} > 0")
     pt = DivergenceResult(cats, P, Q, P, Qs, point["kl"], point["kl_smoothed"], point["js"], point["w1"],
                           not np.isfinite(point["kl"]), float("nan"), None, None, tuple(names), notes)
-    intervals = {m: percentile_interval(v, level) for m, v in boot.items()}
-    upper = {m: upper_bound(v, level) for m, v in boot.items()}
     n_inf = {m: int(np.isinf(v).sum()) for m, v in boot.items()}
     bnotes = [f"{m}: {k} of {n_boot} bootstrap values infinite (zero cells)" for m, k in n_inf.items() if k]
-    return BootstrapDivergenceResult(pt, boot, level, n_boot, margin, intervals, upper,
-                                     {m: bool(u < margin) for m, u in upper.items()}, n_inf, None,
-                                     f"runs ({n}), paired", f"runs ({n}), paired", bnotes)
+    return BootstrapDivergenceResult(pt, boot, level, n_boot, margin, n_inf, None, f"runs ({n}), paired",
+                                     f"runs ({n}), paired", bnotes)
 
 
 def g_test_ess(counts_p, counts_q, ess_chain, diverged=None, categories: Optional[Sequence] = None) -> GTestResult:
@@ -350,7 +348,8 @@ def test_h5(divergences: Optional[BootstrapDivergenceResult], reference: str, *,
         lo, hi = one_sided_bounds(divergences.boot[m], level)
         v, why = decide(point[m], lo, hi, None, eq_level, threshold=margin, direction="less")
         decisions.append((m, v, why))
-        per[m] = {"estimate": point[m], "ci_low": divergences.intervals[m][0], "ci_high": divergences.intervals[m][1],
+        ci = divergences.conf_int().loc[m]
+        per[m] = {"estimate": point[m], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"],
                   "lower": lo, "upper": hi, "equivalent": bool(divergences.equivalent[m]), "verdict": str(v)}
     verdict = all_of(decisions)
     if reference == "SGLD" and restates_seeding:
@@ -358,7 +357,7 @@ def test_h5(divergences: Optional[BootstrapDivergenceResult], reference: str, *,
                    + (" (divergences would pass the margin)" if verdict[0] is Verdict.SUPPORTED
                       else "; divergences also exceed the margin"))
     elif reference_converged is False:
-        verdict = (Verdict.INCONCLUSIVE, f"the {reference} reference has not converged"
+        verdict = (Verdict.INCONCLUSIVE, "reference not converged"
                    + (f" ({convergence_note})" if convergence_note else "") + f"; divergences: {verdict[1]}")
     s = per.get(statistic, {"lower": float("nan"), "upper": float("nan"), "estimate": float("nan")})
     return HypothesisTest.decided(

@@ -27,7 +27,7 @@ Other methods: ``"ar1"`` (steps 1-2, Student-t with n-3 df), ``"pw-boot"``
 bootstrap-t at the estimated rho), ``"hac"`` (OLS + Newey-West, maxlags =
 floor(4 (n/100)^(2/9)), use_t) and ``"ols"``. They exist for comparison.
 
-d_s uncertainty (delta method)::
+d_s uncertainty (delta method, docs/methods.md#diffusion-fits-eq-17)::
 
     d_s = 2 lambda alpha,
     se(d_s)^2 = (2 alpha)^2 se(lambda)^2 + (2 lambda)^2 se(alpha)^2

@@ -46,11 +46,10 @@ from .bootstrap import (
     as_generator,
     category_counts,
     label_positions,
+    one_sided_bounds,
     percentile_interval,
     resample_groups,
     resample_runs,
-    resolve_seed,
-    upper_bound,
 )
 from .distances import (  # noqa: F401  (re-exported: the public names of this module before the split)
     DEFAULT_PSEUDOCOUNT,
@@ -239,12 +238,12 @@ def compare_distributions(
 
 @dataclass
 class BootstrapDivergenceResult(Result):
-    """Point divergences with percentile bootstrap intervals, one-sided upper
-    bounds, the equivalence verdict per metric and a G-test.
+    """Point divergences with their bootstrap values, the equivalence verdict per metric and a G-test.
 
-    ``boot[m]`` holds the bootstrap values of metric ``m``; ``intervals[m]`` (two-sided at
-    ``level``), ``upper[m]`` (one-sided ``level`` bound) and ``equivalent[m]`` (upper < margin)
-    are computed from them; :meth:`conf_int` recomputes intervals at any level.
+    ``boot[m]`` holds the bootstrap values of metric ``m``; every interval comes from them:
+    :meth:`conf_int` (two-sided percentile, any level), :meth:`one_sided_bounds` (the one-sided
+    lower and upper ``level`` bounds), and ``equivalent[m]`` (the one-sided upper bound at
+    ``level`` is below ``margin``).
     """
 
     point: DivergenceResult
@@ -252,45 +251,50 @@ class BootstrapDivergenceResult(Result):
     level: float
     n_boot: int
     margin: float
-    intervals: dict  # metric -> (lo, hi) two-sided percentile
-    upper: dict  # metric -> one-sided upper `level` bound
-    equivalent: dict  # metric -> bool (upper < margin)
     n_inf: dict  # metric -> number of infinite bootstrap values
     gtest: Optional[GTestResult]
     unit_p: str
     unit_q: str
     notes: list = field(default_factory=list)
 
-    def __post_init__(self):
-        self.intervals = {m: tuple(v) for m, v in self.intervals.items()}
-
     def _estimate_rows(self, level: float) -> list[dict]:
         pm = self.point.metrics()
         return [estimate_row(m, pm[m], None, *percentile_interval(v, level)) for m, v in self.boot.items()]
+
+    def one_sided_bounds(self, metric: str, level: Optional[float] = None) -> tuple[float, float]:
+        """The one-sided lower and upper ``level`` bounds of ``metric`` (default: the result's level)."""
+        return one_sided_bounds(self.boot[metric], self._level(level))
+
+    @property
+    def equivalent(self) -> dict:
+        """``{metric: one-sided upper bound at level < margin}`` (an infinite or NaN bound fails)."""
+        return {m: bool(self.one_sided_bounds(m)[1] < self.margin) for m in self.boot}
 
     def to_frame(self) -> pd.DataFrame:
         a, b = self.point.names
         labels = dict(zip(self.point.metrics_frame()["key"], self.point.metrics_frame()["metric"]))
         rows = []
+        ci = self.conf_int()
         for m in METRICS:
             if m not in self.boot:
                 continue
-            lo, hi = self.intervals[m]
+            lo, hi = ci.loc[m, "ci_low"], ci.loc[m, "ci_high"]
             rows.append({
                 "metric": labels[m], "key": m, "estimate": self.point.metrics()[m],
                 "ci_low": lo, "ci_high": hi, "ci_level": self.level,
-                "upper_one_sided": self.upper[m], "margin": self.margin,
+                "upper_one_sided": self.one_sided_bounds(m)[1], "margin": self.margin,
                 "equivalent": self.equivalent[m], "n_boot": self.n_boot,
                 "n_boot_inf": self.n_inf[m], "unit_" + a: self.unit_p, "unit_" + b: self.unit_q,
             })
         return pd.DataFrame(rows)
 
     def verdict(self, metric: str = "js") -> str:
+        up = self.one_sided_bounds(metric)[1]
         if self.equivalent[metric]:
             return (f"equivalent within margin {self.margin}: one-sided {self.level:.0%} upper bound "
-                    f"{self.upper[metric]:.4g} < {self.margin}")
+                    f"{up:.4g} < {self.margin}")
         return (f"equivalence NOT shown at margin {self.margin}: one-sided {self.level:.0%} upper "
-                f"bound {self.upper[metric]:.4g} >= {self.margin}")
+                f"bound {up:.4g} >= {self.margin}")
 
     def summary(self) -> str:
         a, b = self.point.names
@@ -337,7 +341,6 @@ def bootstrap_divergences(
     names: tuple = ("P", "Q"),
     gtest: bool = True,
     seed: SeedLike = None,
-    rng: SeedLike = None,
 ) -> BootstrapDivergenceResult:
     """Bootstrap the divergences between two label samples.
 
@@ -352,10 +355,9 @@ def bootstrap_divergences(
     ``smoothed_*(idx)`` analogously give the smoothed distribution; by default
     counts are smoothed with ``pseudocount`` (0.5).
 
-    Returns two-sided percentile intervals at ``level`` and one-sided upper
-    ``level`` bounds; ``equivalent[m]`` is True when that upper bound is below
-    ``margin``. ``seed``: int or numpy Generator (whose stream continues); ``rng`` is its old
-    name (compat).
+    The result keeps the bootstrap values: two-sided percentile intervals at any level
+    (``conf_int``), one-sided ``level`` bounds (``one_sided_bounds``); ``equivalent[m]`` is True
+    when the one-sided upper bound is below ``margin``. ``seed``: int or numpy Generator (whose stream continues).
     """
     level = check_level(level)
     n_boot = check_n_boot(n_boot)
@@ -363,7 +365,7 @@ def bootstrap_divergences(
     pseudocount = check_float("pseudocount", pseudocount, 0.0)
     for m in metrics:
         check_choice("metrics", m, METRICS)
-    g = as_generator(resolve_seed(seed, rng, "bootstrap_divergences"))
+    g = as_generator(seed)
     labels_p = np.asarray(labels_p)
     labels_q = np.asarray(labels_q)
     cats = list(categories)
@@ -407,11 +409,8 @@ def bootstrap_divergences(
     if "w1" in boot and centroids is None:
         boot.pop("w1")
         notes.append("W1 skipped in bootstrap: no centroids")
-    intervals, upper, equiv, n_inf = {}, {}, {}, {}
+    n_inf = {}
     for m, v in boot.items():
-        intervals[m] = percentile_interval(v, level)
-        upper[m] = upper_bound(v, level)
-        equiv[m] = bool(upper[m] < margin)
         n_inf[m] = int(np.isinf(v).sum())
         if n_inf[m]:
             notes.append(f"{m}: {n_inf[m]} of {n_boot} bootstrap values infinite (zero cells)")
@@ -427,5 +426,4 @@ def bootstrap_divergences(
                             "makes its p-value anti-conservative")
     unit_p = "runs" if groups_p is None else f"whole groups/chains ({len(np.unique(groups_p))})"
     unit_q = "runs" if groups_q is None else f"whole groups/chains ({len(np.unique(groups_q))})"
-    return BootstrapDivergenceResult(point, boot, level, n_boot, margin, intervals, upper, equiv,
-                                     n_inf, gt, unit_p, unit_q, notes)
+    return BootstrapDivergenceResult(point, boot, level, n_boot, margin, n_inf, gt, unit_p, unit_q, notes)

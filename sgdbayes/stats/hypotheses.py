@@ -1,4 +1,4 @@
-"""Tests of the diffusion hypotheses H1-H3 (SCIENCE.md sec 1, 3, 4), per run and across runs.
+"""Tests of the diffusion hypotheses H1-H3 (docs/methods.md#the-hypotheses), per run and across runs.
 
 The claim is always the alternative; H0 is its violation.
 

@@ -30,7 +30,8 @@ __all__ = ["DisplacementPrediction", "predict_late_displacement", "test_h7"]
 class DisplacementPrediction(Result):
     """Held-out prediction of late displacement (:func:`predict_late_displacement`), per run.
 
-    ``alpha_early``: slope of the early-window fit; ``R_pred_final`` / ``R_true_final``: predicted
+    ``alpha_early`` / ``intercept_early``: slope and intercept of the early-window fit (so the
+    predicted curve is ``exp(intercept_early) t^alpha_early``); ``R_pred_final`` / ``R_true_final``: predicted
     and true displacement at the last step T; ``rel_err_final`` = R̂_T / R_T − 1;
     ``log_err_final`` = log R̂_T − log R_T; ``r2_heldout`` = 1 − SSE/SST of log R on the held-out
     points (SST around their own mean; can be < 0). Runs that could not be fitted (fewer than 10
@@ -40,6 +41,7 @@ class DisplacementPrediction(Result):
     split: float
     n_grid: int
     alpha_early: np.ndarray
+    intercept_early: np.ndarray
     R_pred_final: np.ndarray
     R_true_final: np.ndarray
     rel_err_final: np.ndarray
@@ -48,8 +50,9 @@ class DisplacementPrediction(Result):
     n_failed: int
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({k: getattr(self, k) for k in ("alpha_early", "R_pred_final", "R_true_final",
-                                                           "rel_err_final", "r2_heldout", "log_err_final")})
+        return pd.DataFrame({k: getattr(self, k) for k in ("alpha_early", "intercept_early", "R_pred_final",
+                                                           "R_true_final", "rel_err_final", "r2_heldout",
+                                                           "log_err_final")})
 
 
 def predict_late_displacement(steps, displacement, split: float, n_grid: int = 64) -> DisplacementPrediction:
@@ -64,8 +67,8 @@ def predict_late_displacement(steps, displacement, split: float, n_grid: int = 6
         raise ValueError(f"displacement has {disp.shape[1]} columns but steps has {t.size} values")
     K = disp.shape[0]
     T = t[-1]
-    out = {k: np.full(K, np.nan) for k in ("alpha_early", "R_pred_final", "R_true_final", "rel_err_final",
-                                           "r2_heldout", "log_err_final")}
+    out = {k: np.full(K, np.nan) for k in ("alpha_early", "intercept_early", "R_pred_final", "R_true_final",
+                                           "rel_err_final", "r2_heldout", "log_err_final")}
     n_failed = 0
     for k in range(K):
         d = disp[k]
@@ -86,6 +89,7 @@ def predict_late_displacement(steps, displacement, split: float, n_grid: int = 6
         y = np.log(dd[late])
         sst = float(((y - y.mean()) ** 2).sum())
         out["alpha_early"][k] = f.alpha
+        out["intercept_early"][k] = f.intercept
         out["R_pred_final"][k] = float(np.exp(pred[-1]))
         out["R_true_final"][k] = float(dd[-1])
         out["rel_err_final"][k] = float(np.exp(pred[-1]) / dd[-1] - 1.0)
@@ -115,7 +119,7 @@ def test_h7(R_final, llc, rel_err_final, *, margin: float, level: float = 0.95, 
         c = spearman(lam, R, n_boot=n_boot, level=level, seed=seed, names=("llc", "R_final"))
         out.append(HypothesisTest.decided(
             "H7", "weights move further when λ is small", "Spearman ρ(R_T, λ_final)", c.estimate, c.ci_low,
-            c.ci_high, c.pvalue_less, f"Spearman, one-sided H0: ρ ≥ 0 ({c.p_method})", level, threshold=0.0,
+            c.ci_high, c.pvalue_less, f"Spearman ({c.p_method}), one-sided H0: ρ ≥ 0", level, threshold=0.0,
             direction="less", window="final R_T", n_tested=c.n,
             details={"pvalue_two_sided": c.pvalue, "n_boot_used": c.n_boot_used}, notes=[c.note] if c.note else []))
     except ValueError as exc:

@@ -45,14 +45,12 @@ from .._validation import (
 from .results import Result, estimate_row
 
 __all__ = ["deming", "spearman", "spearman_exact_pvalues", "Correlation", "Regressions", "cross_run_regressions",
-           "EXACT_MAX_N", "LEGACY_TABLE_COLUMNS"]
+           "EXACT_MAX_N"]
 
 #: rank correlations with at most this many pairs get the exact permutation p-value
 EXACT_MAX_N = 10
 FRAME_COLUMNS = ["parameter", "y", "x", "kind", "n", "estimate", "se", "ci_low", "ci_high", "df", "pvalue",
                  "pvalue_holm", "p_method", "note"]
-#: the columns of :attr:`Regressions.table` (read by pipelines and reports before phase B of issue 11)
-LEGACY_TABLE_COLUMNS = ["y", "x", "kind", "n", "estimate", "lo", "hi", "p", "p_holm", "note"]
 
 
 def deming(x: np.ndarray, y: np.ndarray, delta: float = 1.0) -> tuple[float, float]:
@@ -206,19 +204,11 @@ class Regressions(Result):
     "deming"), n, estimate, se (HC3, OLS rows), ci_low, ci_high (at ``level``), df (t degrees of
     freedom, OLS rows), pvalue, pvalue_holm (Holm over the whole family), p_method, note.
     Intervals exist at ``level`` only (the bootstrap values are not kept).
-    ``table`` is the same table under the names pipelines and reports read before phase B of
-    issue 11 (lo, hi, p, p_holm; compat, to be dropped).
     """
 
     frame: pd.DataFrame
     level: float = 0.95
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def table(self) -> pd.DataFrame:
-        """Compat view (columns :data:`LEGACY_TABLE_COLUMNS`)."""
-        t = self.frame.rename(columns={"ci_low": "lo", "ci_high": "hi", "pvalue": "p", "pvalue_holm": "p_holm"})
-        return t[LEGACY_TABLE_COLUMNS].copy()
 
     def _estimate_rows(self, level: float) -> list[dict]:
         if not math.isclose(level, self.level):

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ESTIMATE_COLUMNS", "Result", "Verdict", "HypothesisTest", "decide", "estimate_row",
-           "encode", "decode", "register"]
+           "encode", "decode", "register", "jsonable", "revive"]
 
 ESTIMATE_COLUMNS = ["estimate", "se", "ci_low", "ci_high", "pvalue"]
 
@@ -149,6 +149,54 @@ def decode(obj: Any) -> Any:
 
 def _hashable(k):
     return tuple(k) if isinstance(k, list) else k
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON of a mapping of outputs (the one JSON convention of results.json and the stage cache).
+
+    A :class:`Result` (or a DataFrame) becomes its tagged :func:`encode` form, lossless, so that
+    :func:`revive` rebuilds it; numpy values become Python ones; outside results NaN -> null and
+    ±inf -> "inf" / "-inf" (JSON has no infinity, and an infinite KL must not read as missing);
+    enums -> their value; Paths -> str. Anything else is a TypeError naming its type.
+    """
+    import os
+
+    if isinstance(obj, Result) or isinstance(obj, pd.DataFrame):
+        return encode(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, enum.Enum):
+        return jsonable(obj.value)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if math.isnan(f):
+            return None
+        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
+    if isinstance(obj, os.PathLike):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
+
+
+def revive(obj: Any) -> Any:
+    """Inverse of :func:`jsonable` for the tagged values: every stored Result (and DataFrame) is
+    rebuilt; plain values are returned as they are."""
+    if isinstance(obj, dict):
+        if _TYPE in obj:
+            return decode(obj)
+        return {k: revive(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [revive(v) for v in obj]
+    return obj
 
 
 # --------------------------------------------------------------------------- base
@@ -332,10 +380,12 @@ class HypothesisTest(Result):
                               "n_excluded": self.n_excluded}])
 
     def summary(self) -> str:
-        p = "n/a" if self.pvalue is None else f"{self.pvalue:.3g}"
+        """Plain text in the one format of every report (:mod:`sgdbayes._format`, missing values "—")."""
+        from .._format import fmt_estimate, fmt_level, fmt_pvalue
+
         lines = [f"{self.id}: {self.claim}",
-                 f"  {self.statistic} = {self.estimate:.4g} [{self.ci_low:.4g}, {self.ci_high:.4g}] "
-                 f"({100 * self.level:g} %), p = {p} ({self.test})",
+                 f"  {self.statistic} = {fmt_estimate(self.estimate, self.ci_low, self.ci_high)} "
+                 f"({fmt_level(self.level)}), p-value = {fmt_pvalue(self.pvalue, self.test)}",
                  f"  verdict: {self.verdict} -- {self.reason}"]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)

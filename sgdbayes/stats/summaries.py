@@ -163,6 +163,13 @@ class LLCSummaries(Result):
     n_negative_estimates: np.ndarray
     n_missing: np.ndarray
     last: int
+    llc_final_n: np.ndarray = None  # finite estimates averaged into llc_final (its se has n - 1 df)
+
+    @property
+    def llc_final_df(self) -> np.ndarray:
+        """Degrees of freedom of ``llc_final_se`` (NaN where fewer than 2 estimates were averaged)."""
+        n = np.asarray(self.llc_final_n, float)
+        return np.where(n > 1, n - 1, np.nan)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"llc_final": self.llc_final, "llc_final_se": self.llc_final_se,
@@ -178,13 +185,15 @@ def llc_summaries(llc, last: int = 10) -> LLCSummaries:
         raise ValueError(f"llc must be [runs, estimates], got shape {llc.shape}")
     K = llc.shape[0]
     fin, fin_se, bar, bar_se = (np.full(K, np.nan) for _ in range(4))
+    n_fin = np.zeros(K, dtype=np.int64)
     for k in range(K):
         v = llc[k][np.isfinite(llc[k])]
         if v.size == 0:
             continue
         tail = v[-last:]
+        n_fin[k] = tail.size
         fin[k] = tail.mean()
         fin_se[k] = tail.std(ddof=1) / math.sqrt(tail.size) if tail.size > 1 else 0.0
         bar[k] = v.mean()
         bar_se[k] = v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0
-    return LLCSummaries(fin, fin_se, bar, bar_se, (llc < 0).sum(1), (~np.isfinite(llc)).sum(1), last)
+    return LLCSummaries(fin, fin_se, bar, bar_se, (llc < 0).sum(1), (~np.isfinite(llc)).sum(1), last, n_fin)

@@ -46,7 +46,7 @@ import pandas as pd
 from scipy.special import logsumexp
 
 from .._validation import check_float, check_level, check_n_boot
-from .bootstrap import SeedLike, as_generator, label_positions, percentile_interval, resolve_seed
+from .bootstrap import SeedLike, as_generator, label_positions, percentile_interval
 from .results import Result, estimate_row
 from .theory import (  # noqa: F401  (re-exported: the public names of this module before the split)
     ClusterProperties,
@@ -95,16 +95,16 @@ class XiSweep(Result):
     ``numpy.random.default_rng(split_seed)``; half A = first ⌊N/2⌋, half B = the
     rest; ``xi_A`` = argmin on A, ``kl_B_at_xi_A`` = KL on B at ``xi_A`` (and
     symmetrically); ``kl_split`` = mean of the two out-of-sample KLs.
-    ``xi_star_ci`` = percentile interval of ξ* over a bootstrap of seeds
-    (runs resampled with replacement; cluster L_c, d_walk_c and P_sgd recomputed
-    each time; ξ* is restricted to the grid, so the interval is grid-quantised).
+    ``boot_xi_star`` = ξ* over a bootstrap of seeds (runs resampled with replacement; cluster
+    L_c, d_walk_c and P_sgd recomputed each time); :meth:`conf_int` gives its percentile
+    interval (of log ξ*) at any level. ξ* is restricted to the grid, so the interval is
+    grid-quantised.
     """
 
     grid: np.ndarray
     kl: np.ndarray
     xi_star: float
     kl_min: float
-    xi_star_ci: tuple
     boot_xi_star: np.ndarray
     level: float
     xi_A: float
@@ -117,9 +117,6 @@ class XiSweep(Result):
     at_boundary: bool
     properties: ClusterProperties
     notes: list = field(default_factory=list)
-
-    def __post_init__(self):
-        self.xi_star_ci = tuple(self.xi_star_ci)
 
     def _estimate_rows(self, level: float) -> list[dict]:
         """ξ* with its bootstrap interval (log-scale percentiles, recomputed at ``level``); the
@@ -138,10 +135,11 @@ class XiSweep(Result):
                              "is_xi_star": self.grid == self.xi_star})
 
     def summary_frame(self) -> pd.DataFrame:
+        lo, hi = self.conf_int().loc["xi_star"]
         rows = [
             ("xi_star (in-sample argmin)", self.xi_star), ("KL at xi_star (in-sample, biased low)", self.kl_min),
-            (f"xi_star {self.level:.0%} bootstrap CI low", self.xi_star_ci[0]),
-            (f"xi_star {self.level:.0%} bootstrap CI high", self.xi_star_ci[1]),
+            (f"xi_star {self.level:.0%} bootstrap CI low", lo),
+            (f"xi_star {self.level:.0%} bootstrap CI high", hi),
             ("split: xi selected on half A", self.xi_A), ("split: KL on half B at xi_A", self.kl_B_at_xi_A),
             ("split: xi selected on half B", self.xi_B), ("split: KL on half A at xi_B", self.kl_A_at_xi_B),
             ("split: mean out-of-sample KL", self.kl_split), ("split seed", self.split_seed),
@@ -177,7 +175,7 @@ def _props_from_pos(pos, K, loss, inv_alpha, valid):
 
 def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None, n_boot: int = 200,
              level: float = 0.95, split_seed: Optional[int] = 0, seed: SeedLike = None,
-             llc=None, rng: SeedLike = None) -> XiSweep:
+             llc=None) -> XiSweep:
     """ξ sweep of ``KL(P_sgd ‖ p_theory(ξ))`` (Fig 3; Lemma 3.3 with Cor 3.1).
 
     Parameters
@@ -189,13 +187,11 @@ def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None,
     grid : ξ values (default :func:`default_xi_grid`).
     n_boot : bootstrap resamples of seeds for the ξ* interval.
     split_seed : seed of the random half split (``default_rng(split_seed)``).
-    seed : int or numpy Generator (whose stream continues) for the bootstrap; ``rng`` is its
-        old name (compat).
+    seed : int or numpy Generator (whose stream continues) for the bootstrap.
     """
     level = check_level(level)
     n_boot = check_n_boot(n_boot)
     lr = check_float("lr", lr, 0.0, strict_min=True)
-    seed = resolve_seed(seed, rng, "sweep_xi")
     grid = default_xi_grid() if grid is None else np.sort(np.asarray(grid, dtype=float))
     if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
         raise ValueError("grid must be a non-empty 1-D array of finite xi > 0")
@@ -249,14 +245,9 @@ def sweep_xi(labels, categories: Sequence, loss, alpha, lr: float, *, grid=None,
     n_undef = int(np.isnan(boot).sum())
     if n_undef:
         notes.append(f"{n_undef} bootstrap resamples had no finite KL (xi_star undefined); excluded from CI")
-    fb = boot[np.isfinite(boot)]
-    if fb.size:
-        lo, hi = percentile_interval(np.log(fb), level)
-        ci = (float(np.exp(lo)), float(np.exp(hi)))
-    else:
-        ci = (float("nan"), float("nan"))
+    if not np.isfinite(boot).any():
         notes.append("xi_star CI undefined (no finite bootstrap values)")
-    return XiSweep(grid, kl, xi_star, kl_min, ci, boot, level, xi_A, kl_B_at_A, xi_B, kl_A_at_B,
+    return XiSweep(grid, kl, xi_star, kl_min, boot, level, xi_A, kl_B_at_A, xi_B, kl_A_at_B,
                    kl_split, split_seed, float(lr), at_boundary, props, notes)
 
 

@@ -32,7 +32,7 @@ from .results import Result, estimate_row
 
 __all__ = ["default_xi_grid", "valid_alpha", "log_diffusion", "diffusion_coefficient", "ClusterProperties",
            "group_mean", "cluster_properties", "theoretical_distribution", "kl_sgd_theory", "FreeEnergyResult",
-           "free_energy_distribution"]
+           "free_energy_distribution", "cluster_table"]
 
 
 def default_xi_grid() -> np.ndarray:
@@ -292,3 +292,27 @@ def free_energy_distribution(loss_c, llc_c, m: float, categories: Optional[Seque
     logits = np.where(ok, -F, -np.inf)
     p = np.exp(logits - logsumexp(logits))
     return FreeEnergyResult(cats, L, lam, np.where(ok, F, np.nan), p, float(m), notes)
+
+
+def cluster_table(labels, categories: Sequence, properties: ClusterProperties, *, acc, llc,
+                  columns: Optional[dict] = None) -> pd.DataFrame:
+    """One row per category (the numbers behind Fig 4b): ``n``, ``P_sgd`` = n / N, ``L_c``, the
+    mean train accuracy ``acc_c``, ``llc_c`` with its sd over the cluster's runs (``llc_sd``; NaN
+    with one run) and the count of negative λ̂, ``alpha_c``, ``d_walk_c`` (from ``properties``),
+    then ``columns`` (per-category arrays such as P_temp, P_SGLD, P_F) in their order."""
+    from .cluster import category_names
+
+    labels, acc, llc = np.asarray(labels), np.asarray(acc, float), np.asarray(llc, float)
+    cats = list(categories)
+    rows = []
+    for i, c in enumerate(cats):
+        sel = labels == c
+        rows.append({"category": c, "name": category_names(cats)[i], "n": int(sel.sum()),
+                     "P_sgd": float(sel.sum() / labels.size), "L_c": float(properties.loss[i]),
+                     "acc_c": float(np.nanmean(acc[sel])) if sel.any() else float("nan"),
+                     "llc_c": float(properties.llc[i]),
+                     "llc_sd": float(np.nanstd(llc[sel], ddof=1)) if sel.sum() > 1 else float("nan"),
+                     "n_llc_negative": int((llc[sel] < 0).sum()), "alpha_c": float(properties.alpha[i]),
+                     "d_walk_c": float(properties.d_walk[i]),
+                     **{k: np.asarray(v)[i].item() for k, v in (columns or {}).items()}})
+    return pd.DataFrame(rows)

@@ -1,7 +1,7 @@
 """Figures of the posterior-concentration report (matplotlib Agg + seaborn).
 
-Every function takes plain numpy arrays / dicts (the cached stage outputs and
-``results.json``), writes one PNG atomically and returns its path.
+Every function takes numbers the stages stored (never the data set, never a refit), writes one
+PNG atomically with :func:`~sgdbayes.reporting.toolkit.save_figure` and returns its path.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .markdown import atomic_savefig  # noqa: E402
+from .format import fmt_num  # noqa: E402
+from .toolkit import apply_style, save_figure  # noqa: E402
 
 __all__ = [
     "fig_llc_hist", "fig_cluster_masses", "fig_xi_sweep", "fig_loss_curves",
@@ -25,17 +26,8 @@ _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#7f7f7f", "#bcbd22", "#17becf"]
 
 
-def _style():
-    try:
-        import seaborn as sns
-
-        sns.set_theme(style="whitegrid", context="paper")
-    except Exception:  # pragma: no cover - seaborn optional for figures
-        pass
-
-
 def _save(fig, path: Path, dpi: int) -> Path:
-    return atomic_savefig(fig, path, dpi=dpi)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def _color(i: int, name: str) -> str:
@@ -45,7 +37,7 @@ def _color(i: int, name: str) -> str:
 def fig_llc_hist(path, llc: np.ndarray, labels: np.ndarray, names: Sequence[str],
                  categories: Sequence[int], nbeta: float, dpi: int = 110) -> Path:
     """Fig 4a: histogram of λ̂ of the SGD solutions, stacked by cluster; λ̂ < 0 marked."""
-    _style()
+    apply_style()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     llc = np.asarray(llc, float)
     fin = np.isfinite(llc)
@@ -66,7 +58,7 @@ def fig_cluster_masses(path, names: Sequence[str], dists: Mapping[str, np.ndarra
                        intervals: Mapping[str, np.ndarray] | None = None, subtitle: str = "",
                        dpi: int = 110) -> Path:
     """Fig 4b: cluster masses under SGD, SGLD, free energy, tempered SGD (bars; CIs where given)."""
-    _style()
+    apply_style()
     K = len(names)
     keys = list(dists)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * K + 3), 3.8))
@@ -93,7 +85,7 @@ def fig_xi_sweep(path, xi: np.ndarray, kl: np.ndarray, xi_star: float, kl_heldou
                  xi_star_boot: np.ndarray | None = None, xi_star_ci: Sequence[float] | None = None,
                  dpi: int = 110) -> Path:
     """Fig 3: KL(P_sgd ‖ p_theory(ξ)) over the ξ grid; ξ* and its bootstrap interval."""
-    _style()
+    apply_style()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     ax.plot(xi, kl, color=_PALETTE[0], lw=1.5, label="all seeds (in-sample)")
     if kl_heldout is not None:
@@ -110,10 +102,11 @@ def fig_xi_sweep(path, xi: np.ndarray, kl: np.ndarray, xi_star: float, kl_heldou
     return _save(fig, path, dpi)
 
 
-def fig_loss_curves(path, steps: np.ndarray, loss: np.ndarray, passed: np.ndarray, window: float,
-                    rel_tol: float, dpi: int = 110) -> Path:
-    """Training loss curves of every run; convergence window shaded, runs coloured by the filter."""
-    _style()
+def fig_loss_curves(path, steps: np.ndarray, loss: np.ndarray, passed: np.ndarray, medians: Mapping[bool, object],
+                    window: float, rel_tol: float, dpi: int = 110) -> Path:
+    """Training loss curves of every run; convergence window shaded, runs coloured by the filter;
+    ``medians[True]`` / ``medians[False]``: the stored median curve of the runs that pass / fail."""
+    apply_style()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = np.asarray(steps)
     T = steps[-1]
@@ -125,8 +118,7 @@ def fig_loss_curves(path, steps: np.ndarray, loss: np.ndarray, passed: np.ndarra
             show = sel[np.linspace(0, sel.size - 1, min(sel.size, 150)).astype(int)]
             for i, k in enumerate(show):
                 ax.plot(steps, loss[k], color=col, lw=0.3, alpha=0.35, label=lab if i == 0 else None)
-            ax.plot(steps, np.median(loss[sel], axis=0), color=col, lw=1.8,
-                    label=f"median, {lab} (n = {sel.size})")
+            ax.plot(steps, medians[ok], color=col, lw=1.8, label=f"median, {lab} (n = {sel.size})")
         ax.axvspan((1 - window) * T, T, color="grey", alpha=0.15,
                    label=f"last {window:.0%} of steps (plateau: rel. drop < {rel_tol:g})")
         ax.set_xlabel("SGD step")
@@ -143,7 +135,7 @@ def fig_sgld_traces(path, loss_traces: np.ndarray, labels: np.ndarray, names: Se
                     categories: Sequence[int], seed_labels: np.ndarray, max_traces: int = 8,
                     dpi: int = 110) -> Path:
     """SGLD loss traces per chain (top) and the cluster each sample is assigned to (bottom)."""
-    _style()
+    apply_style()
     C = loss_traces.shape[0]
     show = np.arange(min(C, max_traces))
     fig, axes = plt.subplots(2, 1, figsize=(8, 5.2), sharex=True)
@@ -166,8 +158,9 @@ def fig_clusters_plane(path, grid_x: np.ndarray, grid_y: np.ndarray, mean_prob: 
                        member_probs: Sequence[np.ndarray], names: Sequence[str], masses: Sequence[float],
                        x_train: np.ndarray, y_train: np.ndarray, dpi: int = 110) -> Path:
     """Clusters on the moons input plane: mean P(class 1) per cluster, its 0.5 contour (thick)
-    and the decision boundaries of a few member networks (thin)."""
-    _style()
+    and the decision boundaries of a few member networks (thin); all stored by the cluster stage
+    (``mean_prob`` ``[K, g, g]``, NaN without members; ``member_probs`` ``[K, 8, g, g]``, NaN padded)."""
+    apply_style()
     K = len(names)
     ncol = min(K, 4)
     nrow = int(np.ceil(K / ncol))
@@ -177,15 +170,16 @@ def fig_clusters_plane(path, grid_x: np.ndarray, grid_y: np.ndarray, mean_prob: 
         if i >= K:
             ax.axis("off")
             continue
-        if mean_prob[i] is None or not np.isfinite(mean_prob[i]).all():
+        if not np.isfinite(mean_prob[i]).all():
             ax.text(0.5, 0.5, "no members", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.contourf(grid_x, grid_y, mean_prob[i], levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.6)
             for mp in member_probs[i]:
-                ax.contour(grid_x, grid_y, mp, levels=[0.5], colors="k", linewidths=0.4, alpha=0.4)
+                if np.isfinite(mp).all():  # NaN pads clusters with fewer than 8 stored members
+                    ax.contour(grid_x, grid_y, mp, levels=[0.5], colors="k", linewidths=0.4, alpha=0.4)
             ax.contour(grid_x, grid_y, mean_prob[i], levels=[0.5], colors="k", linewidths=1.8)
         ax.scatter(x_train[:, 0], x_train[:, 1], c=y_train, cmap="RdBu_r", s=3, edgecolors="none")
-        ax.set_title(f"{names[i]} (P_sgd = {masses[i]:.3f})", fontsize=8)
+        ax.set_title(f"{names[i]} (P_sgd = {fmt_num(masses[i])})", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Clusters on the input plane: mean P(y=1) and decision boundaries", fontsize=10)
@@ -195,7 +189,7 @@ def fig_clusters_plane(path, grid_x: np.ndarray, grid_y: np.ndarray, mean_prob: 
 def fig_embedding(path, emb: np.ndarray, labels: np.ndarray, names: Sequence[str], categories: Sequence[int],
                   sgld_emb: np.ndarray | None = None, dpi: int = 110) -> Path:
     """SGD solutions in the first two PCA components of the function-space embedding (+ SGLD samples)."""
-    _style()
+    apply_style()
     fig, ax = plt.subplots(figsize=(5.4, 4.2))
     if sgld_emb is not None and len(sgld_emb):
         ax.scatter(sgld_emb[:, 0], sgld_emb[:, 1], s=2, c="#bbbbbb", alpha=0.4, label="SGLD samples")

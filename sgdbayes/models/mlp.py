@@ -62,6 +62,7 @@ class MLPSpec:
     #: model-protocol declarations (:class:`sgdbayes.models.protocol.ModelFamily`)
     kind: ClassVar[str] = "mlp"
     stochastic: ClassVar[bool] = False
+    backend: ClassVar[str] = "fused"
 
     def __post_init__(self):
         widths = tuple(self.widths)
@@ -269,6 +270,10 @@ class MLPSpec:
         return torch.cat(parts)
 
     # ------------------------------------------------------------------ model protocol
+    @property
+    def has_batchnorm(self) -> bool:
+        return self.batchnorm
+
     @property
     def stateful(self) -> bool:
         """Batch norm keeps per-seed running statistics (state ``{"bn": [K, S]}``)."""

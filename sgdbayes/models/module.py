@@ -248,8 +248,11 @@ class SeededDropout(nn.Module):
         masks = _MASKS.get()
         if masks is None:
             raise RuntimeError("SeededDropout called outside a batched forward")
-        if isinstance(masks, list):          # shape discovery
-            masks.append(tuple(x.shape))
+        if isinstance(masks, list):          # shape discovery: (slot, shape) in call order
+            if any(slot == self.slot for slot, _ in masks):
+                raise ValueError("an nn.Dropout module is called more than once in one forward; per-seed masks "
+                                 "need one nn.Dropout module per call")
+            masks.append((self.slot, tuple(x.shape)))
             return x
         return x * masks[self.slot]
 
@@ -311,9 +314,10 @@ class _VmapExecutor(_Executor):
         if rng is None:
             raise ValueError("a train-mode forward with dropout needs per-seed generators (rng)")
         w0 = next(iter(p.values()))
-        drop = [m for m in self.base.modules() if isinstance(m, SeededDropout)]
-        return {d.slot: dropout_mask(rng.uniform(shape, dtype=w0.dtype, device=w0.device), d.p)
-                for d, shape in zip(drop, self.mask_shapes[per_example])}
+        rate = {m.slot: m.p for m in self.base.modules() if isinstance(m, SeededDropout)}
+        # drawn in call order, as the lowered executor and a plain module draw them
+        return {slot: dropout_mask(rng.uniform(shape, dtype=w0.dtype, device=w0.device), rate[slot])
+                for slot, shape in self.mask_shapes[per_example]}
 
 
 class ModuleKernel:

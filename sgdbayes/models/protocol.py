@@ -73,13 +73,16 @@ class ModelFamily(Protocol):
     Attributes: ``kind`` (``"mlp"``, ``"cnn"``, ``"resnet"``, ``"transformer"`` or
     ``"module"``), ``n_params`` (P), ``stateful`` (per-seed buffers, e.g. BatchNorm running
     statistics, which train mode updates), ``stochastic`` (train mode draws random numbers:
-    dropout).
+    dropout), ``has_batchnorm``, ``backend`` (which batched implementation runs: ``"fused"``
+    for the MLP kernel, ``"lowered"`` or ``"vmap"`` for modules).
     """
 
     kind: str
     n_params: int
     stateful: bool
     stochastic: bool
+    has_batchnorm: bool
+    backend: str
 
     def initialize(self, seeds: Sequence[int], device=None,
                    dtype=torch.float32) -> tuple[Tensor, State]:  # pragma: no cover

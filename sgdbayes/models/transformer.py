@@ -3,7 +3,7 @@
 ``TinyTransformer(vocab, d_model=32, n_heads=2, n_layers=2, d_ff=64, max_len=32)``:
 token and learned position embeddings, ``n_layers`` pre-norm blocks (LayerNorm ->
 causal multi-head self-attention -> residual; LayerNorm -> Linear -> ReLU -> Linear ->
-residual), a final LayerNorm and a linear read-out to the vocabulary. Inputs are int64
+residual; the query/key/value projection has no bias), a final LayerNorm and a linear read-out to the vocabulary. Inputs are int64
 tokens ``[B, T]`` (T <= max_len), outputs next-token logits ``[B, T, vocab]``. Embeddings
 are initialized N(0, 0.02), linear weights Xavier uniform, biases zero. Attention is
 written out (no fused kernel), so the batched vmap path evaluates it exactly.
@@ -26,7 +26,9 @@ class CausalSelfAttention(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
         self.h = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
+        # no bias: a key bias has zero gradient (softmax is shift invariant), and Adam would turn its
+        # round-off gradient into lr-sized steps
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(dropout)
 
@@ -49,11 +51,11 @@ class _Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.ff1 = nn.Linear(d_model, d_ff)
         self.ff2 = nn.Linear(d_ff, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)   # one module per call
 
     def forward(self, x):
-        x = x + self.drop(self.attn(self.ln1(x)))
-        return x + self.drop(self.ff2(F.relu(self.ff1(self.ln2(x)))))
+        x = x + self.drop1(self.attn(self.ln1(x)))
+        return x + self.drop2(self.ff2(F.relu(self.ff1(self.ln2(x)))))
 
 
 class TinyTransformer(nn.Module):
@@ -76,7 +78,8 @@ class TinyTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, tokens):
         T = tokens.shape[-1]

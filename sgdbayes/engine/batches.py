@@ -59,13 +59,17 @@ def _stable_argsort(keys: np.ndarray) -> np.ndarray:
 
 
 class BatchStream:
-    """Per-seed minibatch indices for a chunk of seeds, generated a block of epochs at a time."""
+    """Per-seed minibatch indices for a chunk of seeds, generated a block of epochs at a time
+    (at most ``max_bytes`` of keys, and no more epochs than ``n_steps`` need: the stream of a
+    seed does not depend on the block size)."""
 
-    def __init__(self, seeds, n, batch_size, stream, device, max_bytes=2 ** 25):
+    def __init__(self, seeds, n, batch_size, stream, device, max_bytes=2 ** 25, n_steps=None):
         self.rngs = [np.random.default_rng([s, stream]) for s in seeds]
         self.n, self.B = n, batch_size
         self.spe = n // batch_size
         self.block_epochs = max(1, max_bytes // (8 * n * len(seeds)))
+        if n_steps is not None:
+            self.block_epochs = min(self.block_epochs, -(-int(n_steps) // self.spe))
         self.device = device
         self.buf: Tensor | None = None
         self.pos = 0

@@ -102,7 +102,7 @@ class _ChunkRun:
         self.k = k = len(self.seeds)
         self.t = 0
         self.w0, self.state = family.initialize(self.seeds, device=device, dtype=dtype)
-        self.kernel = family.kernel(k, cfg.batch_size, device, dtype)
+        self.kernel = family.kernel(k, cfg.batch_size, device, dtype, data.feature_shape, data.x_train.dtype)
         self.params = _Blocked(self.kernel.layout, k, device, dtype)
         self.params.unpack(self.w0)
         self.grads = _Blocked(self.kernel.layout, k, device, dtype)
@@ -110,7 +110,8 @@ class _ChunkRun:
         self.rng = SeedGenerators(self.seeds, cfg.batch_stream, device) if family.stochastic else None
         self.active = torch.ones(k, dtype=torch.bool, device=device)
         self.diverged_step = np.full(k, -1, dtype=np.int64)
-        self.batches = BatchStream(self.seeds, data.n_train, cfg.batch_size, cfg.batch_stream, device)
+        self.batches = BatchStream(self.seeds, data.n_train, cfg.batch_size, cfg.batch_stream, device,
+                                   n_steps=n_steps)
         self.hook_rows: dict[str, list] = {h.name: [] for h in hooks}
         self.view = EnsembleState(self)
 

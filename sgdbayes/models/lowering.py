@@ -79,7 +79,17 @@ def lower(module: nn.Module, prefix: str = "") -> Lowered:
 # ------------------------------------------------------------------------ containers, pointwise
 @register_lowering(nn.Sequential)
 def _sequential(m: nn.Sequential, prefix: str) -> Lowered:
-    parts = [lower(child, f"{prefix}{name}.") for name, child in m.named_children()]
+    named = list(m.named_children())
+    parts, i = [], 0
+    while i < len(named):
+        name, child = named[i]
+        nxt = named[i + 1][1] if i + 1 < len(named) else None
+        if type(child) is nn.Conv2d and type(nxt) is nn.ReLU:   # fused: ReLU inside the convolution
+            parts.append(_conv2d(child, f"{prefix}{name}.", relu=True))
+            i += 2
+            continue
+        parts.append(lower(child, f"{prefix}{name}."))
+        i += 1
 
     def run(ctx, h):
         for part in parts:
@@ -206,7 +216,7 @@ def _bn1d(m, prefix):
 
 # ------------------------------------------------------------------------ convolution
 @register_lowering(nn.Conv2d)
-def _conv2d(m: nn.Conv2d, prefix):
+def _conv2d(m: nn.Conv2d, prefix, relu: bool = False):
     if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise NotLowerable(f"Conv2d with groups/dilation/padding_mode/string padding ({prefix.rstrip('.')})")
     wn, bn_ = prefix + "weight", (prefix + "bias" if m.bias is not None else None)
@@ -215,17 +225,17 @@ def _conv2d(m: nn.Conv2d, prefix):
     def run(ctx, h):
         b = None if bn_ is None else ctx.params[bn_]
         need_dx = h.requires_grad
-        return BatchedConv2d.apply(h, ctx.params[wn], b, ctx.k, stride, padding, need_dx)
+        return BatchedConv2d.apply(h, ctx.params[wn], b, ctx.k, stride, padding, need_dx, relu)
     return run
 
 
 class BatchedConv2d(torch.autograd.Function):
-    """``conv2d`` of k models at once: ``x [k*B, C, H, W]`` (any memory format; channels-last
-    avoids a copy), ``w [k, C_out, C, kh, kw]``, ``b [k, C_out]`` or None. Output
-    ``[k*B, C_out, H', W']`` in channels-last memory."""
+    """``conv2d`` (optionally followed by ReLU) of k models at once: ``x [k*B, C, H, W]`` (any
+    memory format; channels-last avoids a copy), ``w [k, C_out, C, kh, kw]``, ``b [k, C_out]``
+    or None. Output ``[k*B, C_out, H', W']`` in channels-last memory."""
 
     @staticmethod
-    def forward(ctx, x, w, b, k, stride, padding, need_dx):
+    def forward(ctx, x, w, b, k, stride, padding, need_dx, relu=False):
         kB, C, H, W = x.shape
         Cout, kh, kw = w.shape[1], w.shape[3], w.shape[4]
         (sh, sw), (ph, pw) = stride, padding
@@ -242,7 +252,9 @@ class BatchedConv2d(torch.autograd.Function):
         out = bmm(cols, wm)                                            # [k, B*Ho*Wo, Cout]
         if b is not None:
             out += b.unsqueeze(1)
-        ctx.save_for_backward(cols if w.requires_grad else None, wm if need_dx else None)
+        if relu:
+            out.relu_()
+        ctx.save_for_backward(cols if w.requires_grad else None, wm if need_dx else None, out if relu else None)
         ctx.geom = (k, kB, C, H, W, Cout, kh, kw, sh, sw, ph, pw, Hp, Wp, Ho, Wo)
         ctx.has_bias = b is not None
         return out.view(kB, Ho, Wo, Cout).permute(0, 3, 1, 2)
@@ -250,18 +262,35 @@ class BatchedConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         k, kB, C, H, W, Cout, kh, kw, sh, sw, ph, pw, Hp, Wp, Ho, Wo = ctx.geom
-        cols, wm = ctx.saved_tensors
+        cols, wm, out = ctx.saved_tensors
         gl = g.permute(0, 2, 3, 1).reshape(k, (kB // k) * Ho * Wo, Cout)
+        if out is not None:                                            # ReLU: pass where out > 0
+            gl = torch.where(out > 0, gl, 0.0)
         dw = db = dx = None
         if cols is not None:
             dw = bmm(cols.transpose(1, 2), gl).view(k, kh, kw, C, Cout).permute(0, 4, 3, 1, 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = gl.sum(dim=1)
         if wm is not None and ctx.needs_input_grad[0]:
-            dcols = bmm(gl, wm.transpose(1, 2)).view(kB, Ho, Wo, kh, kw, C)
-            dxp = torch.zeros(kB, Hp, Wp, C, dtype=g.dtype, device=g.device)
-            for i in range(kh):
-                for j in range(kw):
-                    dxp[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw, :] += dcols[:, :, :, i, j, :]
-            dx = dxp[:, ph:ph + H, pw:pw + W, :].permute(0, 3, 1, 2)
-        return dx, dw, db, None, None, None, None
+            dcols = bmm(gl, wm.transpose(1, 2)).view(-1, C)            # [kB*Ho*Wo*kh*kw, C]
+            dxp = torch.zeros(kB * Hp * Wp, C, dtype=g.dtype, device=g.device)
+            dxp.index_add_(0, _fold_index(kB, Hp, Wp, Ho, Wo, kh, kw, sh, sw, g.device), dcols)
+            dx = dxp.view(kB, Hp, Wp, C)[:, ph:ph + H, pw:pw + W, :].permute(0, 3, 1, 2)
+        return dx, dw, db, None, None, None, None, None
+
+
+_FOLD: dict = {}
+
+
+def _fold_index(kB, Hp, Wp, Ho, Wo, kh, kw, sh, sw, device) -> Tensor:
+    """Row of the padded input each patch entry ``(b, y, x, i, j)`` came from (col2im as one
+    ``index_add_``; cached per geometry)."""
+    key = (kB, Hp, Wp, Ho, Wo, kh, kw, sh, sw, str(device))
+    idx = _FOLD.get(key)
+    if idx is None:
+        ar = lambda n, d: torch.arange(n, device=device).view(*([1] * d), n, *([1] * (4 - d)))
+        idx = (ar(kB, 0) * (Hp * Wp) + (ar(Ho, 1) * sh + ar(kh, 3)) * Wp + ar(Wo, 2) * sw + ar(kw, 4)).reshape(-1)
+        if len(_FOLD) > 32:
+            _FOLD.clear()
+        _FOLD[key] = idx
+    return idx

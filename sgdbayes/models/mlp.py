@@ -314,7 +314,7 @@ class MLPSpec:
         """:meth:`to_module` under the protocol's name (``state_k["bn"]`` = running stats)."""
         return self.to_module(w_k, None if state_k is None else state_k["bn"])
 
-    def kernel(self, k: int, batch_size: int, device, dtype):
+    def kernel(self, k: int, batch_size: int, device, dtype, input_shape=None, input_dtype=None):
         from .mlp_kernel import MLPKernel
 
         return MLPKernel(self, k, batch_size, device, dtype)

@@ -96,8 +96,10 @@ class ModelFamily(Protocol):
     def module(self, w_k: Tensor, state_k: Optional[dict] = None) -> nn.Module:  # pragma: no cover
         """Model k as a plain ``nn.Module`` (parameters copied from ``w_k [P]``)."""
 
-    def kernel(self, k: int, batch_size: int, device, dtype) -> ModelKernel:  # pragma: no cover
-        ...
+    def kernel(self, k: int, batch_size: int, device, dtype, input_shape: Sequence[int] = None,
+               input_dtype=torch.float32) -> ModelKernel:  # pragma: no cover
+        """The training kernel for chunks of ``k`` models, minibatches of ``batch_size``
+        examples of ``input_shape``."""
 
     def describe(self) -> dict:  # pragma: no cover
         """JSON-able description; for built-in families ``build_model(**describe())`` rebuilds it."""
@@ -128,6 +130,12 @@ class SeedGenerators:
 
     def __len__(self) -> int:
         return len(self.gens)
+
+    def subset(self, a: int, b: int) -> "SeedGenerators":
+        """The generators of seeds ``a..b-1`` (shared, not copied)."""
+        out = object.__new__(SeedGenerators)
+        out.seeds, out.gens = self.seeds[a:b], self.gens[a:b]
+        return out
 
     def uniform(self, shape: Sequence[int], dtype=torch.float32, device=None) -> Tensor:
         """``[K, *shape]`` uniform numbers in [0, 1), row i from seed i's generator."""

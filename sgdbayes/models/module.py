@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import copy
 import math
+import threading
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -192,7 +193,15 @@ class ModuleSpec:
         if shared is None:
             shared = (x.dim() == self._input_rank + 1) if self._input_rank is not None else x.shape[0] != K
         params = split_rows(w, self.param_shapes)
-        return (executor or self.executor()).forward(params, x, state, train, rng, K, shared)
+        return (executor or self._thread_executor()).forward(params, x, state, train, rng, K, shared)
+
+    def _thread_executor(self) -> "_Executor":
+        """One executor per calling thread (an executor owns a module copy whose mode it sets)."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        ex = getattr(local, "ex", None)
+        if ex is None:
+            ex = local.ex = self.executor()
+        return ex
 
     def kernel(self, k: int, batch_size: int, device, dtype, input_shape=None,
                input_dtype=torch.float32) -> "ModuleKernel":

@@ -106,7 +106,7 @@ class ModuleSpec:
     # ------------------------------------------------------------------ protocol
     def describe(self) -> dict:
         name = getattr(self.factory, "__qualname__", None) or repr(self.factory)
-        return {"kind": self.kind, **self.sizes} if self.kind != "module" else {
+        return {"kind": self.kind, **_jsonable(self.sizes)} if self.kind != "module" else {
             "kind": "module", "factory": f"{getattr(self.factory, '__module__', '?')}.{name}"}
 
     def initialize(self, seeds: Sequence[int], device=None, dtype=torch.float32):
@@ -209,6 +209,10 @@ class ModuleSpec:
             raise ValueError(f"parameters {self.frozen[:5]} have requires_grad=False; the ensemble trains every "
                              f"parameter (build the model without freezing, or freeze by a zero learning rate)")
         return ModuleKernel(self, k, batch_size, device, dtype, input_shape, input_dtype)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def per_seed_inputs(x: Tensor, K: int, shared: bool) -> Tensor:

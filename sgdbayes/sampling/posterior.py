@@ -17,6 +17,7 @@ chain and per group of chains: split-R̂ (rank-normalized, Vehtari et al. 2021) 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -134,7 +135,7 @@ class PosteriorResult(Result):
         return rows
 
     def to_dict(self) -> dict:
-        d = encode(self)
+        d = encode(dataclasses.replace(self, samples=None))
         d["fields"]["samples"] = None if self.samples is None else encode(self.samples.cpu().numpy())
         return d
 

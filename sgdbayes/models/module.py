@@ -377,10 +377,13 @@ class ModuleKernel:
         with torch.enable_grad():
             out = self.ex.forward(ps, xb, state, True, rng, k, shared=False)
             loss = per_model_cross_entropy(out, yb)
-            grads = torch.autograd.grad(loss.sum(), ps)
+            grads = torch.autograd.grad(loss.sum(), ps, allow_unused=True)
         with torch.no_grad():
             for g, gv in zip(grads, G):
-                gv.copy_(g)
+                if g is None:          # a parameter the forward does not use: zero gradient
+                    gv.zero_()
+                else:
+                    gv.copy_(g)
             correct = (out.detach().argmax(-1) == yb).reshape(k, -1).sum(1)
         return loss.detach(), correct
 

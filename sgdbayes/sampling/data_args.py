@@ -74,6 +74,10 @@ def sampling_data(data) -> SamplingData:
     else:
         raise ValueError(f"data must be (x, y) tensors, a dict of tensors, a Dataset or a DataLoader, "
                          f"got {type(data).__name__}")
+    from ..data import check_finite_inputs
+
+    for name, v in (cols.items() if isinstance(cols, dict) else zip(("inputs x", "targets y"), cols)):
+        check_finite_inputs(v, f"the data's {name}")
     sizes = {int(v.shape[0]) for v in (cols.values() if isinstance(cols, dict) else cols)}
     if len(sizes) != 1:
         raise ValueError(f"the data's columns have different numbers of examples: {sorted(sizes)}")

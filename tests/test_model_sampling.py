@@ -158,3 +158,20 @@ def test_seeds_chunked_by_memory_budget_give_the_same_result(digits):
     tiny = train_ensemble(EnsembleConfig(**base, memory_budget_bytes=1), digits)
     assert one.meta["chunk_size"] == 4 and tiny.meta["chunk_size"] == 1
     torch.testing.assert_close(one.w_final, tiny.w_final, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "transformer"])
+def test_llc_and_posterior_on_resnet_and_transformer_ensembles(kind, digits):
+    if kind == "resnet":
+        fam, data = build_model("resnet", channels=(3, 4), blocks=1, batchnorm=True), digits
+    else:
+        fam = build_model("transformer", vocab=5, d_model=8, n_heads=2, n_layers=1, d_ff=8, max_len=6)
+        data = load_dataset("sequences", p=5, length=6, n=64, n_test=8)
+    res = train_ensemble(EnsembleConfig(model=fam, batch_size=16, steps=6, seeds=2, progress=False), data)
+    r = estimate_llc(res, config=LLC, progress=False)
+    assert np.isfinite(r.llc).all() and r.loss_traces.shape == (2, 2, 10)
+    p = sample_posterior(res.w_final, spec=res.spec, data=data, state=res.state, progress=False,
+                         config=PosteriorConfig(num_samples=2, num_burnin_steps=1, num_steps_bw_samples=1, batch_size=16))
+    assert np.isfinite(p.loss_traces).all()
+    probs = class_probabilities(res.spec, res.w_final, data.x_test[:3], res.state)
+    assert probs.shape[-1] == (9 if kind == "resnet" else 4)

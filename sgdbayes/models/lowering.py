@@ -239,11 +239,12 @@ class BatchedConv2d(torch.autograd.Function):
         kB, C, H, W = x.shape
         Cout, kh, kw = w.shape[1], w.shape[3], w.shape[4]
         (sh, sw), (ph, pw) = stride, padding
-        xl = x.permute(0, 2, 3, 1)
-        if ph or pw:
-            xl = F.pad(xl, (0, 0, pw, pw, ph, ph))
-        xl = xl.contiguous()
-        Hp, Wp = xl.shape[1], xl.shape[2]
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        if ph or pw:   # zero border, interior copied in once (channels-last)
+            xl = torch.zeros(kB, Hp, Wp, C, dtype=x.dtype, device=x.device)
+            xl[:, ph:ph + H, pw:pw + W, :] = x.permute(0, 2, 3, 1)
+        else:
+            xl = x.permute(0, 2, 3, 1).contiguous()
         Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
         s = xl.stride()
         cols = xl.as_strided((kB, Ho, Wo, kh, kw, C), (s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3]))
@@ -263,9 +264,12 @@ class BatchedConv2d(torch.autograd.Function):
     def backward(ctx, g):
         k, kB, C, H, W, Cout, kh, kw, sh, sw, ph, pw, Hp, Wp, Ho, Wo = ctx.geom
         cols, wm, out = ctx.saved_tensors
-        gl = g.permute(0, 2, 3, 1).reshape(k, (kB // k) * Ho * Wo, Cout)
-        if out is not None:                                            # ReLU: pass where out > 0
-            gl = torch.where(out > 0, gl, 0.0)
+        gp = g.permute(0, 2, 3, 1)                                     # [kB, Ho, Wo, Cout]
+        if out is not None:   # ReLU: pass where out > 0 (one fused pass, writes channels-last)
+            gl = torch.ops.aten.threshold_backward(gp, out.view(kB, Ho, Wo, Cout), 0.0)
+            gl = gl.reshape(k, (kB // k) * Ho * Wo, Cout)
+        else:
+            gl = gp.reshape(k, (kB // k) * Ho * Wo, Cout)
         dw = db = dx = None
         if cols is not None:
             dw = bmm(cols.transpose(1, 2), gl).view(k, kh, kw, C, Cout).permute(0, 4, 3, 1, 2)

@@ -53,13 +53,15 @@ def sampling_data(data) -> SamplingData:
     from torch.utils.data import DataLoader
     from torch.utils.data import Dataset as TorchDataset
 
+    from ..data import Dataset
+
     batch_size = None
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         cols = tuple(data)
     elif isinstance(data, dict) and data and all(isinstance(v, Tensor) for v in data.values()):
         cols = dict(data)
-    elif isinstance(getattr(data, "x_train", None), Tensor) and isinstance(getattr(data, "y_train", None), Tensor):
-        cols = (data.x_train, data.y_train)  # sgdbayes.data.Dataset: the training split
+    elif isinstance(data, Dataset):
+        cols = (data.x_train, data.y_train)  # the training split
     elif isinstance(data, (DataLoader, TorchDataset)):
         if isinstance(data, DataLoader):
             batch_size = data.batch_size

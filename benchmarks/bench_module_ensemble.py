@@ -7,10 +7,12 @@ one-channel 8x8 digits) on scikit-learn's digits as ``[n, 1, 8, 8]`` images, bat
 300 SGD steps (lr 0.01), every seed with its own minibatch order
 (:func:`sgdbayes.engine.batch_indices`).
 
-* **one at a time** (the natural baseline, ``ratio``'s numerator): ``nn.Module`` +
-  ``torch.optim.SGD``, one seed after another, torch's default threads; timed on a few seeds
-  (half before, half after the batched runs, so both see the same phases of a shared
-  machine) and scaled to all seeds.
+* **one at a time** (the natural baseline, ``ratio``'s numerator, as in
+  ``bench_ensemble.py``): ``nn.Module`` + ``torch.optim.SGD`` + a shuffling ``DataLoader``,
+  one seed after another, torch's default threads; timed on a few seeds (half before, half
+  after the batched runs, so both see the same phases of a shared machine) and scaled to all
+  seeds. The same loop with the minibatches indexed directly (no DataLoader, the seed's own
+  :func:`~sgdbayes.engine.batch_indices` order) is timed beside it and its ratio printed too.
 * **plain vmap recipe**: ``torch.func.stack_module_state`` + ``vmap(grad(loss))`` over the
   stacked parameters with per-seed minibatches and an SGD update of the stacked tensors
   (torch's default threads);
@@ -36,15 +38,23 @@ from sgdbayes.models import ConvNet, build_model
 CHANNELS = (32, 64)
 
 
-def one_at_a_time(seeds, data, steps: int, batch: int, lr: float) -> float:
+def one_at_a_time(seeds, data, steps: int, batch: int, lr: float, loader: bool = True) -> float:
+    from torch.utils.data import DataLoader, TensorDataset
+
     t0 = time.perf_counter()
     for s in seeds:
         torch.manual_seed(s)
         model = ConvNet(CHANNELS, in_channels=1, n_classes=10)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        idx = torch.from_numpy(batch_indices(s, data.n_train, batch, steps))
-        for t in range(steps):
-            loss = F.cross_entropy(model(data.x_train[idx[t]]), data.y_train[idx[t]])
+        if loader:
+            dl = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(s))
+            batches = (b for _ in range(-(-steps // len(dl))) for b in dl)
+        else:
+            idx = torch.from_numpy(batch_indices(s, data.n_train, batch, steps))
+            batches = ((data.x_train[i], data.y_train[i]) for i in idx)
+        for t, (xb, yb) in zip(range(steps), batches):
+            loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -104,19 +114,24 @@ def main(argv=None):
                          progress=False)
     train_ensemble(EnsembleConfig(model=fam, batch_size=batch, steps=3, seeds=2, progress=False), data)  # warm-up
     one_at_a_time([10_000], data, 3, batch, lr)
-    nb = min(K, args.baseline_seeds)
-    t_base = one_at_a_time(range(nb // 2), data, steps, batch, lr)
+    nb = max(2, min(K, args.baseline_seeds))
+    half = [range(nb // 2), range(nb // 2, nb)]
+    t_base = one_at_a_time(half[0], data, steps, batch, lr)
+    t_idx = one_at_a_time(half[0], data, steps, batch, lr, loader=False)
     t0 = time.perf_counter()
     res = train_ensemble(cfg, data)
     t_ours = time.perf_counter() - t0
     t_recipe = vmap_recipe(K, data, rsteps, batch, lr) * steps / rsteps
-    t_base += one_at_a_time(range(nb // 2, nb), data, steps, batch, lr)
-    t_one = t_base / nb * K
-    print(f"one nn.Module at a time: {t_base / nb:.2f} s per seed -> {t_one:.1f} s for {K} seeds")
-    print(f"plain torch.func vmap recipe: {t_recipe:.1f} s ({rsteps} of {steps} steps timed, scaled); "
-          f"ratio vs one at a time {t_one / t_recipe:.2f}")
+    t_base += one_at_a_time(half[1], data, steps, batch, lr)
+    t_idx += one_at_a_time(half[1], data, steps, batch, lr, loader=False)
+    t_one, t_one_idx = t_base / nb * K, t_idx / nb * K
+    print(f"one nn.Module at a time (DataLoader): {t_base / nb:.2f} s per seed -> {t_one:.1f} s for {K} seeds")
+    print(f"one nn.Module at a time (indexed minibatches, no DataLoader): {t_idx / nb:.2f} s per seed -> "
+          f"{t_one_idx:.1f} s; ratio vs sgdbayes {t_one_idx / t_ours:.2f}")
+    print(f"plain torch.func vmap recipe: {t_recipe:.1f} s ({rsteps} of {steps} steps timed, scaled)")
     print(f"sgdbayes: {t_ours:.1f} s (chunks of {res.meta['chunk_size']}, {res.meta['workers']} workers); "
           f"{t_recipe / t_ours:.2f}x the vmap recipe")
+    print(f"recipe ratio (one at a time / vmap recipe): {t_one / t_recipe:.2f}")
     print(f"ratio: {t_one / t_ours:.2f}")
 
 

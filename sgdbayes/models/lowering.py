@@ -266,8 +266,9 @@ class BatchedConv2d(torch.autograd.Function):
         cols, wm, out = ctx.saved_tensors
         gp = g.permute(0, 2, 3, 1)                                     # [kB, Ho, Wo, Cout]
         if out is not None:   # ReLU: pass where out > 0 (one fused pass, writes channels-last)
-            gl = torch.ops.aten.threshold_backward(gp, out.view(kB, Ho, Wo, Cout), 0.0)
-            gl = gl.reshape(k, (kB // k) * Ho * Wo, Cout)
+            gl = torch.empty(k, (kB // k) * Ho * Wo, Cout, dtype=g.dtype, device=g.device)
+            torch.ops.aten.threshold_backward.grad_input(gp, out.view(kB, Ho, Wo, Cout), 0.0,
+                                                         grad_input=gl.view(kB, Ho, Wo, Cout))
         else:
             gl = gp.reshape(k, (kB // k) * Ho * Wo, Cout)
         dw = db = dx = None

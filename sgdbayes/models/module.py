@@ -334,10 +334,11 @@ class _VmapExecutor(_Executor):
                 for slot, shape in self.mask_shapes[per_example]}
 
 
-#: target activation bytes of one block of models on the CPU (the lowered path): measured on the
-#: 2-core EPYC, Table-5 CNN on 8x8 digits, batch 64, one thread: blocks of 2-4 models (~2-4 MB)
-#: ran 1.5-2.5x faster per model than 16 or 32 (whose activations stream through memory)
-CPU_BLOCK_BYTES = 4 << 20
+#: target activation bytes of one block of models on the CPU (the lowered path). Measured on the
+#: idle 2-core EPYC, Table-5 CNN on 8x8 digits (5 MB of activations per model), batch 64: one
+#: worker ran 3.5-3.7 ms per model-step for blocks of 1 to 16 models, two workers 2.7 ms with
+#: blocks of 1 (Python between the small ops serializes the two threads) and 1.8-1.9 ms with 4-16
+CPU_BLOCK_BYTES = 64 << 20
 
 
 class ModuleKernel:

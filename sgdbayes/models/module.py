@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layout import EntryLayout, split_rows
-from .lowering import BatchedContext, NotLowerable, dropout_mask, lower
+from .lowering import BatchedContext, NotLowerable, dropout_mask, from_layout, lower, to_layout
 
 __all__ = ["ModuleSpec", "SeededDropout", "fork_all_rng"]
 
@@ -91,7 +91,7 @@ class ModuleSpec:
         self.stochastic = any(isinstance(m, _DROPOUT_TYPES) for m in template.modules())
         self.template = template
         self.lowered_reason = None
-        self.backend = backend
+        self.backend = self.requested_backend = backend
         if backend in ("auto", "lowered"):
             try:
                 lower(template)
@@ -148,9 +148,25 @@ class ModuleSpec:
         key = (tuple(int(s) for s in input_shape), input_dtype)
         self._input_rank = len(key[0])
         if key not in self._out_shapes:
-            sizes = self._dry_run(key[0], input_dtype, [])
-            self._out_shapes[key] = sizes
+            self._out_shapes[key] = self._dry_run(key[0], input_dtype, [])
+            self._check_lowered(key[0], input_dtype)
         return self._out_shapes[key]
+
+    def _check_lowered(self, input_shape, input_dtype) -> None:
+        """The lowered executor on one model and two examples; a layer it cannot batch on these
+        inputs switches the family to the vmap path (an error when ``backend="lowered"`` was asked)."""
+        if self.backend != "lowered":
+            return
+        w, st = self.initialize([0])
+        dt = w.dtype if input_dtype.is_floating_point else input_dtype
+        try:
+            with torch.no_grad():
+                self.apply(w, torch.zeros(1, 2, *input_shape, dtype=dt), st, train=False, shared=False,
+                           executor=self.executor())
+        except NotLowerable as e:
+            if self.requested_backend == "lowered":
+                raise ValueError(f"backend='lowered': {e}") from None
+            self.backend, self.lowered_reason = "vmap", str(e)
 
     def activation_bytes(self, batch_size: int, dtype, input_shape: Sequence[int] = (),
                          input_dtype=torch.float32) -> int:
@@ -236,13 +252,8 @@ class _LoweredExecutor(_Executor):
 
     def forward(self, params, x, state, train, rng, K, shared: bool):
         xk = per_seed_inputs(x, K, shared)
-        B = xk.shape[1]
-        h = xk.reshape(K * B, *xk.shape[2:])
-        if h.dim() == 4 and h.is_floating_point():
-            h = h.contiguous(memory_format=torch.channels_last)
-        ctx = BatchedContext(K, B, dict(zip(self.spec.param_names, params)), state, train, rng)
-        out = self.run(ctx, h)
-        return out.reshape(K, B, *out.shape[1:])
+        ctx = BatchedContext(K, xk.shape[1], dict(zip(self.spec.param_names, params)), state, train, rng)
+        return from_layout(self.run(ctx, to_layout(xk)), K)
 
 
 _MASKS: contextvars.ContextVar = contextvars.ContextVar("sgdbayes_dropout_masks", default=None)
@@ -335,10 +346,10 @@ class _VmapExecutor(_Executor):
 
 
 #: target activation bytes of one block of models on the CPU (the lowered path). Measured on the
-#: idle 2-core EPYC, Table-5 CNN on 8x8 digits (5 MB of activations per model), batch 64: one
-#: worker ran 3.5-3.7 ms per model-step for blocks of 1 to 16 models, two workers 2.7 ms with
-#: blocks of 1 (Python between the small ops serializes the two threads) and 1.8-1.9 ms with 4-16
-CPU_BLOCK_BYTES = 64 << 20
+#: 2-core EPYC, Table-5 CNN on 8x8 digits (5 MB of activations per model), batch 64, one thread:
+#: grouped convolutions of 16 models 2.4 ms per model-step, of 32 2.5, of 64 3.1; blocks of
+#: one model serialize two workers on Python between the small ops
+CPU_BLOCK_BYTES = 80 << 20
 
 
 class ModuleKernel:

@@ -1,4 +1,4 @@
-"""BLAS helpers for the hand-written kernels (MLP, batched convolutions).
+"""BLAS threading helper for the hand-written MLP kernels.
 
 On the CPU the stacked products of :mod:`sgdbayes._fused_mlp` go through numpy's
 ``matmul`` (OpenBLAS) on zero-copy ``.numpy()`` views rather than ``torch.bmm``
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
-__all__ = ["single_threaded_blas", "bmm"]
+__all__ = ["single_threaded_blas"]
 
 
 @contextlib.contextmanager
@@ -26,15 +26,3 @@ def single_threaded_blas():
         return
     with threadpool_limits(1, user_api="blas"):
         yield
-
-
-def bmm(a, b):
-    """Batched matrix product ``a [k, m, n] @ b [k, n, p]`` of tensors that need no autograd:
-    numpy's matmul (OpenBLAS) on zero-copy views on the CPU (measured 10-30 % faster than
-    ``torch.bmm``'s MKL for the per-model convolution products), ``torch.bmm`` elsewhere."""
-    import numpy as np
-    import torch
-
-    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype:
-        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
-    return torch.bmm(a, b)

@@ -1,6 +1,6 @@
 """Benchmark: batched seed ensemble vs one nn.Module at a time (the natural baseline).
 
-Paper's posterior-concentration workload (SCIENCE.md §5): moons n=512, noise 0.2,
+Paper's posterior-concentration workload (docs/methods.md#posterior-concentration): moons n=512, noise 0.2,
 MLP 2-64-64-2 ReLU, batch 128, SGD lr 0.01, 200 epochs (800 steps), 500 seeds.
 The baseline (nn.Module + torch.optim.SGD + DataLoader, one seed after another)
 is timed on a subset of seeds (half before and half after the batched run, so

@@ -1,6 +1,6 @@
 """Benchmark: batched LLC estimation vs devinterp 1.3.2, paper settings.
 
-Workload (SCIENCE.md §5 / paper App G.4, Table 3): moons n = 512, noise 0.2;
+Workload (docs/methods.md#posterior-concentration / paper App G.4, Table 3): moons n = 512, noise 0.2;
 MLP 2-64-64-2 ReLU trained with the sgdbayes engine (SGD lr 0.01, batch 128,
 800 steps = 200 epochs); LLC with ε = 1e-5, γ = 100, 1 chain, 400 draws,
 0 burn-in, 1 step between draws, nβ = B/log B with B = 128 (Table 3 gives no

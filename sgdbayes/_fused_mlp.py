@@ -1,6 +1,6 @@
 """Hand-written forward/backward of stacked plain ReLU MLPs (no batch norm), shared by
 the ensemble engine (:mod:`sgdbayes.engine`) and the SGLD potential
-(:class:`sgdbayes.sampling.sgld.MLPPotential`).
+(:class:`sgdbayes.sampling.mlp.MLPPotential`).
 
 Math (per model, minibatch of B points, mean cross-entropy; layers l = 1..L)::
 
@@ -238,7 +238,7 @@ class FusedMLP:
     def sgld_step(self, P: list[Tensor], centers: list[Tensor], xa: Tensor, y: Tensor, noise: Tensor,
                   a_grad: float, a_wd: float, a_loc: float, noise_scale: float) -> Tensor:
         """C kernel only: one in-place SGLD step of every model (rule of
-        :func:`sgdbayes.sampling.sgld.build`, terms in its order), model by model right
+        :func:`sgdbayes.sampling.integrator.langevin_step`, terms in its order), model by model right
         after its gradient; ``noise [m, P]`` in the row layout of the spec. Returns the
         pre-update minibatch loss ``[m]``."""
         m, B = xa.shape[0], xa.shape[1]

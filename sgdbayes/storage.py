@@ -3,15 +3,20 @@
 Layout (all written into a temporary sibling directory, renamed into place when
 complete -- see :func:`sgdbayes._io.atomic_directory`)::
 
-    config.json      EnsembleConfig, MLPSpec, grid steps, seeds, meta
+    config.json      EnsembleConfig, the model family's description, grid steps, seeds,
+                     data source, meta
     curves.parquet   long table: seed, step, displacement, train_loss, train_acc
     final.parquet    one row per seed: diverged, diverged_step, losses, accuracies
-    weights.pt       torch.save({"w_init", "w_final", "bn_state"}) (CPU tensors)
+    weights.pt       torch.save({"w_init", "w_final", "state"}) (CPU tensors; state is the
+                     per-seed buffers {name: [K, ...]} or None)
     hooks/<name>.parquet   one table per hook
     MANIFEST.json    written last: format version and the list of files above
 
 Loading checks ``MANIFEST.json`` and every file it lists; a directory missing
-any of them is reported as incomplete, naming the missing file.
+any of them is reported as incomplete, naming the missing file. Built-in families
+(``mlp``, ``cnn``, ``resnet``, ``transformer``) are rebuilt from their description; a
+user's own module needs ``load_result(path, model=<the same zero-argument callable>)``.
+Format 1 (MLP only, ``bn_state``) is still read.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ import torch
 
 from ._io import atomic_directory
 from .engine import EnsembleConfig, EnsembleResult
-from .models import MLPSpec
+from .models import as_family, build_model
 
 __all__ = ["save_result", "load_result", "FORMAT", "IncompleteResultError"]
 
-FORMAT = "sgdbayes.ensemble/1"
+FORMAT = "sgdbayes.ensemble/2"
+_READABLE = ("sgdbayes.ensemble/1", FORMAT)
 MANIFEST = "MANIFEST.json"
 
 
@@ -57,10 +63,9 @@ def save_result(result: EnsembleResult, path: str | Path, overwrite: bool = Fals
     path = Path(path)
     with atomic_directory(path, overwrite=overwrite) as tmp:
         files = []
-        cfg = dict(config=result.config.to_dict(),
-                   spec=dict(widths=list(result.spec.widths), batchnorm=result.spec.batchnorm),
+        cfg = dict(config=_jsonable(result.config.to_dict()), model=_jsonable(result.spec.describe()),
                    seeds=result.seeds.tolist(), steps=result.steps.tolist(),
-                   meta=_jsonable(result.meta))
+                   data_source=_jsonable(result.data_source), meta=_jsonable(result.meta))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         files.append("config.json")
         result.curves().to_parquet(tmp / "curves.parquet", index=False)
@@ -68,8 +73,8 @@ def save_result(result: EnsembleResult, path: str | Path, overwrite: bool = Fals
         result.final.to_parquet(tmp / "final.parquet", index=False)
         files.append("final.parquet")
         buf = io.BytesIO()
-        torch.save({"w_init": result.w_init.cpu(), "w_final": result.w_final.cpu(),
-                    "bn_state": None if result.bn_state is None else result.bn_state.cpu()}, buf)
+        state = None if result.state is None else {k: v.cpu() for k, v in result.state.items()}
+        torch.save({"w_init": result.w_init.cpu(), "w_final": result.w_final.cpu(), "state": state}, buf)
         (tmp / "weights.pt").write_bytes(buf.getvalue())
         files.append("weights.pt")
         if result.hooks:
@@ -85,8 +90,22 @@ def save_result(result: EnsembleResult, path: str | Path, overwrite: bool = Fals
     return path
 
 
-def load_result(path: str | Path) -> EnsembleResult:
-    """Read a directory written by :func:`save_result`."""
+def _family(desc: dict, model):
+    """The family of a saved result: ``model`` when given, else rebuilt from its description."""
+    if model is not None:
+        fam = as_family(model)
+        if fam.describe().get("kind") != desc.get("kind"):
+            raise ValueError(f"model= is a {fam.describe().get('kind')!r} family but the result holds {desc}")
+        return fam
+    if desc.get("kind") == "module":
+        raise ValueError(f"this result was trained on the user module {desc.get('factory')}; "
+                         f"pass load_result(path, model=<the same zero-argument callable>)")
+    d = dict(desc)
+    return build_model(d.pop("kind"), **d)
+
+
+def load_result(path: str | Path, model=None) -> EnsembleResult:
+    """Read a directory written by :func:`save_result` (``model``: see the module docstring)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory (expected a saved ensemble result)")
@@ -96,14 +115,21 @@ def load_result(path: str | Path) -> EnsembleResult:
             f"{path} is incomplete or not an ensemble result: missing {MANIFEST} "
             f"(it is written last; the save was interrupted or this is another directory)")
     manifest = json.loads(mpath.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{mpath}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format") not in _READABLE:
+        raise ValueError(f"{mpath}: format {manifest.get('format')!r}, expected one of {list(_READABLE)}")
     for f in manifest["files"]:
         if not (path / f).exists():
             raise IncompleteResultError(f"{path} is incomplete: missing {f} (listed in {MANIFEST})")
     cfgd = json.loads((path / "config.json").read_text())
-    config = EnsembleConfig.from_dict(cfgd["config"])
-    spec = MLPSpec(tuple(cfgd["spec"]["widths"]), batchnorm=cfgd["spec"]["batchnorm"])
+    if "spec" in cfgd:  # format 1: the MLP only
+        desc = dict(kind="mlp", widths=cfgd["spec"]["widths"], batchnorm=cfgd["spec"]["batchnorm"])
+    else:
+        desc = cfgd["model"]
+    spec = _family(desc, model)
+    cfg_dict = dict(cfgd["config"])
+    if cfg_dict.get("model") is not None and model is not None:
+        cfg_dict["model"] = model
+    config = EnsembleConfig.from_dict(cfg_dict)
     seeds = np.asarray(cfgd["seeds"], dtype=np.int64)
     steps = np.asarray(cfgd["steps"], dtype=np.int64)
     curves = pd.read_parquet(path / "curves.parquet")
@@ -116,5 +142,11 @@ def load_result(path: str | Path) -> EnsembleResult:
     return EnsembleResult(config=config, spec=spec, seeds=seeds, steps=steps,
                           displacement=arr("displacement"), train_loss=arr("train_loss"),
                           train_acc=arr("train_acc"), final=pd.read_parquet(path / "final.parquet"),
-                          w_init=w["w_init"], w_final=w["w_final"], bn_state=w["bn_state"],
-                          hooks=hooks, meta=cfgd["meta"])
+                          w_init=w["w_init"], w_final=w["w_final"], state=_state(w),
+                          hooks=hooks, meta=cfgd["meta"], data_source=cfgd.get("data_source"))
+
+
+def _state(w: dict):
+    if "state" in w:
+        return w["state"]
+    return None if w.get("bn_state") is None else {"bn": w["bn_state"]}  # format 1

@@ -13,7 +13,7 @@ def _runs(n=10, seed=0, alpha_mean=0.35):
     a = rng.normal(alpha_mean, 0.08, n)
     se = rng.uniform(0.02, 0.06, n)
     lam = rng.uniform(5, 30, n)
-    lam[0] = -1.35  # a negative LLC, as seen for a moons MLP (SCIENCE.md sec 2)
+    lam[0] = -1.35  # a negative LLC, as seen for a moons MLP (docs/methods.md: negative LLC estimates)
     lam_se = np.full(n, 0.5)
     df = pd.DataFrame({"run": [f"r{i}" for i in range(n)], "alpha": a, "alpha_se": se, "alpha_df": 50,
                        "late_alpha": a - 0.05, "late_alpha_se": se, "llc": lam, "llc_se": lam_se,

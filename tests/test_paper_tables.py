@@ -47,7 +47,7 @@ def test_table1_alpha_matches_printed_precision():
     nums = load_table(1)
     rec = nums["d_s"] / (2 * nums["llc"])
     assert rec.round(2).iloc[:3].tolist() == nums["alpha"].iloc[:3].tolist()
-    assert abs(21.422 / (2 * 32) - 0.33) < 0.005  # the example in SCIENCE.md sec 2
+    assert abs(21.422 / (2 * 32) - 0.33) < 0.005  # the example in docs/methods.md (Table 1: alpha = d_s / 2 lambda)
 
 
 def test_table4_alpha_matches_printed_precision():

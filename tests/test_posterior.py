@@ -1,4 +1,4 @@
-"""Posterior SGLD (temperature 1, SCIENCE.md §5) tests."""
+"""Posterior SGLD (temperature 1, docs/methods.md#posterior-concentration) tests."""
 
 import numpy as np
 import pytest

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sgdbayes.models import MLPSpec
-from sgdbayes.sampling import (ChainStreams, DrawSchedule, FunctionPotential, LLCConfig, MLPPotential, SGLDConfig,
-                               build, chain_seeds, estimate_llc_potential, ess, run_chains, split_rhat, trend_test)
-from sgdbayes.sampling.sgld import check_weights
+from sgdbayes.sampling import (ChainStreams, DrawSchedule, FullLossTrace, FunctionPotential, LLCConfig, MLPPotential,
+                               SGLDConfig, WeightTrace, build, chain_seeds, check_weights, estimate_llc_potential, ess,
+                               run_chains, split_rhat, trend_test)
 
 
 def _moons_xy(n=256, seed=0):
@@ -257,7 +257,7 @@ def test_row_sharding_over_threads_does_not_change_draws(mlp_kernel):
         for workers in (1, 3):
             streams = ChainStreams(chain_seeds(1, range(7), 1), n=x.shape[0], batch_size=32,
                                    n_params=spec.n_params)
-            runs.append(run_chains(pot, w0, kern, sched, streams, record_weights=True, record_full_loss=True,
+            runs.append(run_chains(pot, w0, kern, sched, streams, observers=[WeightTrace(), FullLossTrace()],
                                    workers=workers))
     finally:
         torch.set_num_threads(threads)
@@ -271,7 +271,8 @@ def test_row_sharding_over_threads_does_not_change_draws(mlp_kernel):
 class _KernelOnlyMLPPotential(MLPPotential):
     """The same potential without its in-place stepper: run_chains uses the public kernel."""
 
-    stepper = None
+    def stepper(self, coefficients, w0, centers):
+        return None
 
 
 @pytest.mark.parametrize("batch_size", [32, None])
@@ -292,7 +293,7 @@ def test_mlp_inplace_stepper_equals_public_kernel(batch_size, mlp_kernel):
         pot = cls(spec, x, y)
         streams = ChainStreams(chain_seeds(2, range(5), 1), n=96, batch_size=batch_size, n_params=spec.n_params,
                                dtype=torch.float64)
-        runs.append(run_chains(pot, w0, kern, sched, streams, record_weights=True, record_full_loss=True,
+        runs.append(run_chains(pot, w0, kern, sched, streams, observers=[WeightTrace(), FullLossTrace()],
                                centers=centers, workers=1))
     a, b = runs
     torch.testing.assert_close(a.losses, b.losses, rtol=1e-12, atol=1e-13)

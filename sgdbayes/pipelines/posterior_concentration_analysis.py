@@ -182,7 +182,7 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     """ξ sweep, tempered SGD, the free-energy reference, Table 2, H4 and H5 (one generator from
     ``analysis.seed``, consumed in that order), the per-cluster table and the report's summaries."""
     from ..stats.concentration import g_test_ess, test_h4, test_h5
-    from ..stats.tempering import free_energy_distribution, sweep_xi, tempered_distribution
+    from ..stats.tempering import TemperingUndefined, free_energy_distribution, sweep_xi, tempered_distribution
     from ..stats.theory import cluster_table
 
     tr, ll, cu, sg = ctx["train"], ctx["llc"], ctx["cluster"], ctx["sgld"]
@@ -195,10 +195,15 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
                   split_seed=tc.split_seed, seed=rng, llc=inp["llc"])
     props = sw.properties
     counts_sgd = props.n
-    tempered = (tempered_distribution(counts_sgd, props.log_D(sw.xi_star), inp["m"], categories=cats, xi=sw.xi_star)
-                if np.isfinite(sw.xi_star) else None)
-    if tempered is None:
+    tempered = None
+    if not np.isfinite(sw.xi_star):
         notes.append("ξ* undefined: no tempered distribution")
+    else:
+        try:
+            tempered = tempered_distribution(counts_sgd, props.log_D(sw.xi_star), inp["m"], categories=cats,
+                                             xi=sw.xi_star)
+        except TemperingUndefined as exc:
+            notes.append(f"no tempered distribution at ξ* = {sw.xi_star:.4g}: {exc}")
     fe = free_energy_distribution(props.loss, props.llc, inp["m"], categories=cats)
     sgld = _sgld_side(sg, cats)
     inp["centroids"] = _w1_centroids(cu, sg, cats, inp["names"], notes)

@@ -1,36 +1,47 @@
-"""SGLD sampling for sgdbayes: batched localized SGLD, LLC estimation (paper eq 25),
-temperature-1 posterior SGLD (docs/methods.md#posterior-concentration), MCMC diagnostics, and a devinterp
-1.3.2 reference backend.
+"""SGLD sampling for sgdbayes over any model family (docs/methods.md, docs/models.md).
+
+Layers (imports point down only):
+
+* :mod:`~sgdbayes.sampling.integrator` -- the Langevin update, written once;
+* :mod:`~sgdbayes.sampling.sgld` -- the kernel (``SGLDConfig``, ``build``, steppers);
+* :mod:`~sgdbayes.sampling.streams` -- per-chain minibatch and noise streams;
+* :mod:`~sgdbayes.sampling.potentials`, :mod:`~sgdbayes.sampling.mlp`,
+  :mod:`~sgdbayes.sampling.model_potential` -- potentials behind one protocol (MLP fast path,
+  any model family, users' own modules);
+* :mod:`~sgdbayes.sampling.chains` -- the chain runner with observers;
+* LLC (:mod:`~sgdbayes.sampling.llc`, the training hook, a devinterp 1.3.2 reference backend),
+  posterior SGLD (:mod:`~sgdbayes.sampling.posterior`) and MCMC diagnostics.
 
 Main entry points::
 
-    estimate_llc(ensemble_result_or_weights_or_modules, data, spec=..., config=LLCConfig(...))
+    estimate_llc(ensemble_or_weights_or_modules, data, config=LLCConfig(...))
     LLCTrainingHook(LLCConfig(...), every=100).as_engine_hook()
-    sample_posterior(w_start, spec=spec, data=(x, y), config=PosteriorConfig(...))
+    sample_posterior(w_start, spec=family, data=(x, y), config=PosteriorConfig(...))
 """
 
+from .chains import ChainRun, Draw, DrawSchedule, FullLossTrace, LossTrace, Observer, WeightTrace, run_chains
 from .diagnostics import ess, ess_per_chain, split_rhat, trend_test
-from .llc import LLCConfig, LLCResult, LLCTrainingHook, dataset_tensors, estimate_llc, estimate_llc_potential
+from .integrator import LangevinCoefficients, langevin_step
+from .llc import estimate_llc, estimate_llc_potential
+from .data_args import dataset_tensors
+from .llc_hook import LLCTrainingHook
+from .llc_types import LLCConfig, LLCResult
+from .mlp import MLPPotential
+from .model_potential import ModelPotential, ModulePotential, potential_for
 from .posterior import PosteriorConfig, PosteriorResult, sample_posterior
-from .sgld import (
-    BatchedPotential,
-    ChainStreams,
-    DrawSchedule,
-    FunctionPotential,
-    MLPPotential,
-    ModulePotential,
-    SGLDConfig,
-    SGLDState,
-    build,
-    chain_seeds,
-    default_nbeta,
-    run_chains,
-)
+from .potentials import (BasePotential, BatchedPotential, CallablePotential, FunctionPotential, Potential,
+                         as_potential, check_weights)
+from .sgld import KernelStepper, SGLDConfig, SGLDState, SGLDTransform, Stepper, build, default_nbeta
+from .streams import ChainStreams, chain_seeds, noise_chunk_steps
 
 __all__ = [
     "LLCConfig", "LLCResult", "LLCTrainingHook", "estimate_llc", "estimate_llc_potential", "dataset_tensors",
     "PosteriorConfig", "PosteriorResult", "sample_posterior",
-    "SGLDConfig", "SGLDState", "DrawSchedule", "ChainStreams", "BatchedPotential", "FunctionPotential",
-    "MLPPotential", "ModulePotential", "build", "run_chains", "chain_seeds", "default_nbeta",
+    "SGLDConfig", "SGLDState", "SGLDTransform", "Stepper", "KernelStepper", "build", "default_nbeta",
+    "LangevinCoefficients", "langevin_step",
+    "DrawSchedule", "ChainRun", "Draw", "Observer", "LossTrace", "FullLossTrace", "WeightTrace", "run_chains",
+    "ChainStreams", "chain_seeds", "noise_chunk_steps",
+    "Potential", "BatchedPotential", "BasePotential", "FunctionPotential", "CallablePotential", "as_potential",
+    "check_weights", "MLPPotential", "ModelPotential", "ModulePotential", "potential_for",
     "split_rhat", "ess", "ess_per_chain", "trend_test",
 ]

@@ -13,7 +13,8 @@ default ``sampling_method`` (``devinterp.optim.sgld.SGLD``) and
 * ``init_loss`` = the full-training-set L(w*) (devinterp's own default is the
   mean over ``num_chains`` minibatches; passing the exact value makes both
   backends share that term. devinterp ignores an ``init_loss`` of exactly 0.0),
-* ``seed`` = one seed per chain derived from ``(config.seed, model_id, chain)``.
+* ``seed`` = one seed per chain derived from ``(config.seed, model_id, chain)``;
+* the modules in the train/eval mode they come in (stated in the result).
 
 devinterp seeds the *global* torch RNG per chain (noise and DataLoader
 shuffling); we wrap each call in ``torch.random.fork_rng`` so the caller's RNG
@@ -34,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .llc import LLCConfig, LLCResult, _finalize, _model_ids, dataset_tensors
-from .sgld import chain_seeds
+from .data_args import dataset_tensors
+from .llc_types import LLCConfig, LLCResult, finalize, model_ids_of
+from .streams import chain_seeds
 
 __all__ = ["estimate_llc_devinterp"]
 
@@ -58,7 +60,7 @@ def estimate_llc_devinterp(modules: Sequence[nn.Module], data, config: Optional[
     n = int(x.shape[0])
     B = config.effective_batch(n)
     nbeta = config.resolve_nbeta(n)
-    ids = _model_ids(model_ids, len(modules))
+    ids = model_ids_of(model_ids, len(modules))
     C, D = config.num_chains, config.num_draws
     seeds = chain_seeds(config.seed, ids, C)
 
@@ -71,7 +73,6 @@ def estimate_llc_devinterp(modules: Sequence[nn.Module], data, config: Optional[
     diverged = np.zeros((len(modules), C), dtype=bool)
     t0 = time.perf_counter()
     for k, m in enumerate(modules):
-        m.train()
         with torch.no_grad():
             init[k] = float(crit(m(x), y))
         if not np.isfinite(init[k]):
@@ -92,4 +93,5 @@ def estimate_llc_devinterp(modules: Sequence[nn.Module], data, config: Optional[
                 if "NaN" not in str(e):
                     raise
                 diverged[k] = True
-    return _finalize(ids, losses, init, diverged, nbeta, n, config, "devinterp", time.perf_counter() - t0)
+    return finalize(ids, losses, init, diverged, nbeta, n, config, "devinterp", time.perf_counter() - t0,
+                    mode="train" if modules[0].training else "eval")

@@ -1,53 +1,49 @@
-"""Temperature-1 posterior SGLD (Welling & Teh 2011) from given start weights.
-
-docs/methods.md#posterior-concentration (the SGLD reference)::
+"""Temperature-1 posterior SGLD (Welling & Teh 2011) from given start weights (docs/methods.md)::
 
     Δw = −(ε/2) [ n ∇L_B(w) + ω w ] + N(0, ε I)
 
-on the full training loss (minibatch gradients of the mean loss L_B scaled by
-the training-set size n, i.e. nβ = n / T with temperature T = 1), no
-localization. ω is an optional Gaussian prior precision (default 0: flat
-prior, as in the paper). Paper settings: 1000 samples, 200 burn-in steps,
-10 steps between samples, ε = 1e-5, batch 128.
+on the full training loss (minibatch gradients of the mean loss L_B scaled by the
+training-set size n, i.e. nβ = n / T with temperature T = 1), no localization. ω is an
+optional Gaussian prior precision (default 0: flat prior, as in the paper). Paper settings:
+1000 samples, 200 burn-in steps, 10 steps between samples, ε = 1e-5, batch 128.
 
-Samples are the weights at the draw steps of :class:`~sgdbayes.sampling.sgld.DrawSchedule`
-(the weights whose loss is recorded), returned stacked as
-``[chains, samples, P]`` for clustering in function space. The loss trace is
-the *full-data* loss at each sample (``record="full"``, default) or the
-minibatch loss (``"batch"``, cheaper). Diagnostics per chain and per group of
-chains: split-R̂ (rank-normalized, Vehtari et al. 2021) and ESS (Geyer's initial
-positive sequence) of the loss trace.
+Samples are the weights at the draw steps of :class:`~sgdbayes.sampling.chains.DrawSchedule`
+(the weights whose loss is recorded), returned stacked as ``[chains, samples, P]`` for
+clustering in function space. The loss trace is the *full-data* loss at each sample
+(``record="full"``, default) or the minibatch loss (``"batch"``, cheaper). Diagnostics per
+chain and per group of chains: split-R̂ (rank-normalized, Vehtari et al. 2021) and ESS
+(Geyer's initial positive sequence) of the loss trace.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
+from .._validation import check_choice, check_float, check_int
+from ..stats.results import Result, encode, estimate_row, register
+from .chains import DrawSchedule, FullLossTrace, WeightTrace, run_chains
+from .data_args import sampling_data
 from .diagnostics import ess, split_rhat
-from .sgld import (
-    ChainStreams,
-    DrawSchedule,
-    MLPPotential,
-    SGLDConfig,
-    _check_int,
-    _check_pos_float,
-    chain_seeds,
-    check_weights,
-    run_chains,
-)
+from .model_potential import potential_for
+from .potentials import as_potential, check_weights
+from .sgld import SGLDConfig
+from .streams import ChainStreams, chain_seeds
 
 __all__ = ["PosteriorConfig", "PosteriorResult", "sample_posterior"]
 
 
+@register
 @dataclass(frozen=True)
 class PosteriorConfig:
-    """Settings of posterior SGLD (validated). Defaults = paper (docs/methods.md#posterior-concentration)."""
+    """Settings of posterior SGLD (validated). Defaults = the paper's."""
 
     step_size: float = 1e-5
     num_samples: int = 1000
@@ -62,16 +58,22 @@ class PosteriorConfig:
     keep_samples: bool = True
 
     def __post_init__(self):
-        _check_pos_float("step_size (epsilon)", self.step_size)
-        _check_pos_float("temperature", self.temperature)
-        _check_pos_float("weight_decay", self.weight_decay, allow_zero=True)
+        check_float("step_size (epsilon)", self.step_size, 0.0, strict_min=True)
+        check_float("temperature", self.temperature, 0.0, strict_min=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
         if self.batch_size is not None:
-            _check_int("batch_size", self.batch_size, 1)
-        _check_int("chains_per_start", self.chains_per_start, 1)
-        _check_int("seed", self.seed, 0)
-        if self.record not in ("full", "batch"):
-            raise ValueError(f"record must be 'full' or 'batch', got {self.record!r}")
+            object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, 1))
+        object.__setattr__(self, "chains_per_start", check_int("chains_per_start", self.chains_per_start, 1))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+        check_choice("record", self.record, ("full", "batch"))
         DrawSchedule(self.num_samples, self.num_burnin_steps, self.num_steps_bw_samples)
+
+    @classmethod
+    def from_dict(cls, d) -> "PosteriorConfig":
+        from ..stats.results import decode
+
+        fields = d["fields"] if "fields" in d else d
+        return cls(**{k: decode(v) for k, v in fields.items()})
 
     @property
     def schedule(self) -> DrawSchedule:
@@ -83,15 +85,15 @@ class PosteriorConfig:
 
 
 @dataclass
-class PosteriorResult:
+class PosteriorResult(Result):
     """Posterior samples and diagnostics.
 
-    samples ``[chains, samples, P]`` (None if ``keep_samples=False``; NaN rows
-    after a divergence), loss_traces ``[chains, samples]``, start_index
-    ``[chains]`` (which start each chain came from), start_ids, groups
-    ``[chains]`` (group label per chain), diverged ``[chains]``, rhat/ess per
-    chain (split-R̂ of one chain = its two halves), and per group (all valid
-    chains of the group together).
+    samples ``[chains, samples, P]`` (None if ``keep_samples=False``; NaN rows after a
+    divergence), loss_traces ``[chains, samples]``, start_index ``[chains]`` (which start each
+    chain came from), start_ids, groups ``[chains]``, diverged ``[chains]``, rhat/ess per chain
+    (split-R̂ of one chain = its two halves), and per group (all valid chains of the group
+    together). :meth:`estimates` gives each group's mean loss with its Monte-Carlo standard
+    error (sd / √ESS).
     """
 
     samples: Optional[Tensor]
@@ -102,11 +104,12 @@ class PosteriorResult:
     diverged: np.ndarray
     rhat_chain: np.ndarray
     ess_chain: np.ndarray
-    group_diagnostics: "object"
+    group_diagnostics: pd.DataFrame
     config: PosteriorConfig
     nbeta: float
     n_train: int
     wall_s: float
+    mode: str = "n/a"
 
     @property
     def n_chains(self) -> int:
@@ -118,9 +121,32 @@ class PosteriorResult:
             raise ValueError("samples were not kept (keep_samples=False)")
         return self.samples[torch.as_tensor(~self.diverged)]
 
-    def chain_frame(self):
-        import pandas as pd
+    def _estimate_rows(self, level: float) -> list[dict]:
+        from scipy.stats import norm
 
+        z = float(norm.ppf(0.5 + level / 2))
+        rows = []
+        for _, g in self.group_diagnostics.iterrows():
+            sel = (self.groups == g["group"]) & ~self.diverged
+            tr = self.loss_traces[sel]
+            se = float(np.std(tr) / np.sqrt(g["ess"])) if sel.any() and g["ess"] > 0 else float("nan")
+            m = float(g["mean_loss"])
+            rows.append(estimate_row(f"mean_loss[{g['group']}]", m, se, m - z * se, m + z * se))
+        return rows
+
+    def to_dict(self) -> dict:
+        d = encode(dataclasses.replace(self, samples=None))
+        d["fields"]["samples"] = None if self.samples is None else encode(self.samples.cpu().numpy())
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "PosteriorResult":
+        out = super().from_dict(d)
+        if out.samples is not None and not isinstance(out.samples, Tensor):
+            out.samples = torch.as_tensor(out.samples)
+        return out
+
+    def chain_frame(self) -> pd.DataFrame:
         return pd.DataFrame({
             "chain": np.arange(self.n_chains), "start_index": self.start_index,
             "start_id": self.start_ids[self.start_index], "group": self.groups,
@@ -132,7 +158,8 @@ class PosteriorResult:
         c = self.config
         lines = [
             "Posterior SGLD (Welling & Teh, temperature "
-            f"{c.temperature:g}: dw = -(eps/2) n grad L_B + N(0, eps)), n={self.n_train}, nbeta={self.nbeta:g}",
+            f"{c.temperature:g}: dw = -(eps/2) n grad L_B + N(0, eps)), n={self.n_train}, nbeta={self.nbeta:g}, "
+            f"mode={self.mode}",
             f"  eps={c.step_size:g} samples={c.num_samples} burn-in={c.num_burnin_steps} "
             f"steps/sample={c.num_steps_bw_samples} batch={c.batch_size} weight_decay={c.weight_decay:g} "
             f"loss trace={c.record} wall={self.wall_s:.1f}s",
@@ -142,18 +169,18 @@ class PosteriorResult:
         return "\n".join(lines)
 
 
-def sample_posterior(w_start: Tensor, potential=None, *, spec=None, data=None,
+def sample_posterior(w_start: Tensor, potential=None, *, spec=None, data=None, state=None,
                      config: Optional[PosteriorConfig] = None, start_ids: Optional[Sequence[int]] = None,
-                     groups: Optional[Sequence] = None) -> PosteriorResult:
+                     groups: Optional[Sequence] = None, progress: bool = True) -> PosteriorResult:
     """Temperature-1 SGLD chains from each row of ``w_start [S, P]``.
 
-    Give either ``potential`` (a batched potential, see
-    :mod:`sgdbayes.sampling.sgld`) or ``spec`` + ``data`` (an MLPSpec and
-    ``(x, y)`` / Dataset / DataLoader). ``config.chains_per_start`` chains start
-    from each row (rows ``s * chains_per_start + j``). ``start_ids`` (default
-    0..S-1, e.g. the SGD seeds) seed the chains' streams, so a chain does not
-    depend on what else runs with it. ``groups`` labels each start (e.g. its
-    SGD cluster); diagnostics are reported per group of chains.
+    Give either ``potential`` (:mod:`sgdbayes.sampling.potentials`) or ``spec`` + ``data`` (a
+    model family, e.g. ``ensemble.spec``, with ``state`` its per-start state, and ``(x, y)`` /
+    Dataset / DataLoader). ``config.chains_per_start`` chains start from each row (rows
+    ``s * chains_per_start + j``). ``start_ids`` (default 0..S-1, e.g. the SGD seeds) seed the
+    chains' streams, so a chain does not depend on what else runs with it. ``groups`` labels each
+    start (e.g. its SGD cluster); diagnostics are reported per group of chains. ``progress``: a
+    tqdm bar on long runs.
     """
     config = config if config is not None else PosteriorConfig()
     if not isinstance(config, PosteriorConfig):
@@ -162,49 +189,48 @@ def sample_posterior(w_start: Tensor, potential=None, *, spec=None, data=None,
     if potential is None:
         if spec is None or data is None:
             raise ValueError("give potential=, or spec= and data=")
-        from .llc import dataset_tensors
-
-        x, y = dataset_tensors(data)
-        potential = MLPPotential(spec, x, y)
-    if hasattr(potential, "n_params") and w_start.shape[1] != potential.n_params:
-        raise ValueError(f"w_start has P = {w_start.shape[1]} columns but the model has {potential.n_params}")
+        d = sampling_data(data)
+        potential = potential_for(spec, d.x, d.y, state)
+    pot = as_potential(potential)
+    if pot.n_params is not None and w_start.shape[1] != pot.n_params:
+        raise ValueError(f"w_start has P = {w_start.shape[1]} columns but the model has {pot.n_params}")
     S, P = w_start.shape
     J = config.chains_per_start
-    if start_ids is None:
-        start_ids = list(range(S))
-    start_ids = [int(s) for s in start_ids]
+    start_ids = list(range(S)) if start_ids is None else [int(s) for s in start_ids]
     if len(start_ids) != S:
         raise ValueError(f"start_ids has {len(start_ids)} entries for {S} starts")
-    if groups is None:
-        groups = [0] * S
-    groups = np.asarray(list(groups))
+    groups = np.asarray(list(groups) if groups is not None else [0] * S)
     if groups.shape != (S,):
         raise ValueError(f"groups must have one label per start ({S}), got shape {groups.shape}")
-    n = int(potential.n)
+    n = int(pot.n)
     kernel = config.kernel(n)
     t0 = time.perf_counter()
     w0 = w_start.detach().repeat_interleave(J, dim=0)
     streams = ChainStreams(chain_seeds(config.seed, start_ids, J), n=n, batch_size=config.batch_size,
                            n_params=P, device=w_start.device, dtype=w_start.dtype)
-    run = run_chains(potential, w0, kernel, config.schedule, streams, record_weights=config.keep_samples,
-                     record_full_loss=(config.record == "full"))
+    observers = ([WeightTrace()] if config.keep_samples else []) + ([FullLossTrace()] if config.record == "full" else [])
+    run = run_chains(pot, w0, kernel, config.schedule, streams, observers=observers, progress=progress,
+                     desc=f"posterior SGLD {S * J} chains")
     traces = (run.full_losses if config.record == "full" else run.losses).cpu().numpy().astype(np.float64)
     diverged = run.diverged.cpu().numpy()
     start_index = np.repeat(np.arange(S), J)
     chain_groups = groups[start_index]
-    rhat_c = np.array([split_rhat(t) if not d else np.nan for t, d in zip(traces, diverged)])
-    ess_c = np.array([ess(t) if not d else np.nan for t, d in zip(traces, diverged)])
-    import pandas as pd
+    rhat_c = np.array([split_rhat(t) if not dv else np.nan for t, dv in zip(traces, diverged)])
+    ess_c = np.array([ess(t) if not dv else np.nan for t, dv in zip(traces, diverged)])
+    return PosteriorResult(samples=run.weights, loss_traces=traces, start_index=start_index,
+                           start_ids=np.asarray(start_ids), groups=chain_groups, diverged=diverged,
+                           rhat_chain=rhat_c, ess_chain=ess_c,
+                           group_diagnostics=_group_diagnostics(traces, chain_groups, diverged),
+                           config=config, nbeta=kernel.nbeta, n_train=n, wall_s=time.perf_counter() - t0,
+                           mode=pot.mode)
 
+
+def _group_diagnostics(traces, chain_groups, diverged) -> pd.DataFrame:
     rows = []
     for g in pd.unique(chain_groups):
         sel = (chain_groups == g) & ~diverged
         tr = traces[sel]
         rows.append(dict(group=g, n_chains=int((chain_groups == g).sum()), n_valid=int(sel.sum()),
-                         rhat=split_rhat(tr) if sel.any() else np.nan,
-                         ess=ess(tr) if sel.any() else np.nan,
+                         rhat=split_rhat(tr) if sel.any() else np.nan, ess=ess(tr) if sel.any() else np.nan,
                          mean_loss=float(tr.mean()) if sel.any() else np.nan))
-    return PosteriorResult(samples=run.weights, loss_traces=traces, start_index=start_index,
-                           start_ids=np.asarray(start_ids), groups=chain_groups, diverged=diverged,
-                           rhat_chain=rhat_c, ess_chain=ess_c, group_diagnostics=pd.DataFrame(rows),
-                           config=config, nbeta=kernel.nbeta, n_train=n, wall_s=time.perf_counter() - t0)
+    return pd.DataFrame(rows)

@@ -424,16 +424,19 @@ def probe_inputs(x_train, grid_size: int = 20, margin: float = 0.1, max_points: 
                  rng: SeedLike = None) -> np.ndarray:
     """Probe set for function-space clustering.
 
-    For 2-D inputs: the training inputs followed by a ``grid_size × grid_size``
+    For 2-D inputs ``[n, 2]``: the training inputs followed by a ``grid_size × grid_size``
     grid over the bounding box of the training inputs enlarged by ``margin``
-    (a fraction of the range on each side). For other dimensions: the training
-    inputs, or a random subsample of ``max_points`` of them (drawn with ``rng``)
-    when ``max_points`` is given.
+    (a fraction of the range on each side). For other inputs (``[n, d]``, images
+    ``[n, C, H, W]``, token sequences): the training inputs, or a random subsample of
+    ``max_points`` of them (drawn with ``rng``, kept in their order) when ``max_points`` is
+    given. Predictions on the probe set come from
+    :func:`sgdbayes.models.class_probabilities` (every class's probability, class 0 dropped).
     """
-    X = np.asarray(x_train, dtype=float)
-    if X.ndim != 2:
-        raise ValueError("x_train must be [n, d]")
-    if X.shape[1] == 2:
+    X = np.asarray(x_train)
+    if X.ndim < 2:
+        raise ValueError("x_train must be [n, d] or [n, ...] (one row per example)")
+    if X.ndim == 2 and X.shape[1] == 2:
+        X = X.astype(float)
         lo, hi = X.min(0), X.max(0)
         span = np.where(hi > lo, hi - lo, 1.0)
         lo, hi = lo - margin * span, hi + margin * span

@@ -63,6 +63,7 @@ from .theory import (  # noqa: F401  (re-exported: the public names of this modu
 )
 
 __all__ = [
+    "TemperingUndefined",
     "log_diffusion",
     "diffusion_coefficient",
     "ClusterProperties",
@@ -78,6 +79,12 @@ __all__ = [
     "default_xi_grid",
     "make_tempered_fn",
 ]
+
+
+class TemperingUndefined(ValueError):
+    """Cor 3.2's tempered distribution cannot be evaluated (every cluster's exponent underflows or
+    is undefined): a fact about the data, reported as such, not a bad argument."""
+
 
 
 def _names(categories) -> list:
@@ -338,7 +345,7 @@ def tempered_distribution(p_sgd, log_D, m: float, *, categories: Optional[Sequen
     logits = np.where((P == 1.0) & ~undefined, 0.0, logits)
     logits = np.where(np.isnan(logits), -np.inf, logits)
     if not np.isfinite(logits).any():
-        raise ValueError("tempered distribution undefined: every cluster underflows or is undefined "
+        raise TemperingUndefined("tempered distribution undefined: every cluster underflows or is undefined "
                          "(all m*D*log P_sgd = -inf); report the exponents instead")
     lpt = logits - logsumexp(logits)
     pt = np.exp(lpt)

@@ -29,9 +29,10 @@ for the running estimate). In eval mode it normalizes with ``bn_state``.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,11 @@ class MLPSpec:
 
     widths: tuple[int, ...]
     batchnorm: bool = False
+
+    #: model-protocol declarations (:class:`sgdbayes.models.protocol.ModelFamily`)
+    kind: ClassVar[str] = "mlp"
+    stochastic: ClassVar[bool] = False
+    backend: ClassVar[str] = "fused"
 
     def __post_init__(self):
         widths = tuple(self.widths)
@@ -262,6 +268,63 @@ class MLPSpec:
             if isinstance(mod, nn.BatchNorm1d):
                 parts += [mod.running_mean.detach(), mod.running_var.detach()]
         return torch.cat(parts)
+
+    # ------------------------------------------------------------------ model protocol
+    @property
+    def has_batchnorm(self) -> bool:
+        return self.batchnorm
+
+    @property
+    def stateful(self) -> bool:
+        """Batch norm keeps per-seed running statistics (state ``{"bn": [K, S]}``)."""
+        return self.batchnorm
+
+    def output_shape(self, input_shape, input_dtype=torch.float32) -> tuple[int, ...]:
+        """``(widths[-1],)`` for inputs with ``widths[0]`` features (any shape, e.g. images)."""
+        if math.prod(input_shape) != self.widths[0]:
+            raise ValueError(f"inputs of shape {tuple(input_shape)} have {math.prod(input_shape)} features; "
+                             f"the MLP's widths[0] is {self.widths[0]}")
+        return (self.widths[-1],)
+
+    def initialize(self, seeds: Sequence[int], device=None, dtype=torch.float32):
+        """``(init(seeds), {"bn": init_bn_state(K)} or None)`` (the model protocol)."""
+        w = self.init(seeds, device=device, dtype=dtype)
+        bn = self.init_bn_state(len(w), device=device, dtype=dtype)
+        return w, (None if bn is None else {"bn": bn})
+
+    def flat_inputs(self, x: Tensor, K: Optional[int] = None) -> Tensor:
+        """``x [B, ...]`` or ``[K, B, ...]`` with the feature axes flattened to ``widths[0]``
+        (images ``[B, 1, 8, 8]`` feed a 64-input MLP)."""
+        d = self.widths[0]
+        if x.dim() >= 2 and math.prod(x.shape[1:]) == d and not (x.dim() == 3 and x.shape[0] == K
+                                                                  and x.shape[2] == d):
+            return x.reshape(x.shape[0], d)
+        if K is not None and x.dim() >= 3 and x.shape[0] == K and math.prod(x.shape[2:]) == d:
+            return x.reshape(K, x.shape[1], d)
+        raise ValueError(f"inputs of shape {tuple(x.shape)} do not have the MLP's {d} features")
+
+    def apply(self, w: Tensor, x: Tensor, state=None, train: bool = False, rng=None,
+              shared=None) -> Tensor:
+        """Logits ``[K, B, out]`` (the model protocol's name for :meth:`forward`, eval mode by
+        default; ``state["bn"]`` are the running statistics)."""
+        return self.forward(w, self.flat_inputs(x, w.shape[0]), bn_state=None if state is None else state["bn"],
+                            train=train)
+
+    def module(self, w_k: Tensor, state_k: Optional[dict] = None) -> nn.Sequential:
+        """:meth:`to_module` under the protocol's name (``state_k["bn"]`` = running stats)."""
+        return self.to_module(w_k, None if state_k is None else state_k["bn"])
+
+    def kernel(self, k: int, batch_size: int, device, dtype, input_shape=None, input_dtype=None):
+        from .mlp_kernel import MLPKernel
+
+        return MLPKernel(self, k, batch_size, device, dtype)
+
+    def describe(self) -> dict:
+        return {"kind": "mlp", "widths": list(self.widths), "batchnorm": bool(self.batchnorm)}
+
+    def activation_bytes(self, batch_size: int, dtype, input_shape=(), input_dtype=None) -> int:
+        per = torch.finfo(dtype).bits // 8
+        return int(batch_size * (sum(self.widths) + len(self.widths)) * 3 * per)
 
     # ------------------------------------------------------------------ checks
     def _check_w(self, w: Tensor) -> None:

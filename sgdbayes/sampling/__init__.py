@@ -10,7 +10,8 @@ Layers (imports point down only):
   any model family, users' own modules);
 * :mod:`~sgdbayes.sampling.chains` -- the chain runner with observers;
 * LLC (:mod:`~sgdbayes.sampling.llc`, the training hook, a devinterp 1.3.2 reference backend,
-  its checks :mod:`~sgdbayes.sampling.llc_checks` and MALA acceptance :mod:`~sgdbayes.sampling.mala`), posterior SGLD (:mod:`~sgdbayes.sampling.posterior`,
+  its checks :mod:`~sgdbayes.sampling.llc_checks`, MALA acceptance :mod:`~sgdbayes.sampling.mala`,
+  calibration :mod:`~sgdbayes.sampling.calibrate`), posterior SGLD (:mod:`~sgdbayes.sampling.posterior`,
   run to a target: :mod:`~sgdbayes.sampling.converge`), Metropolis-adjusted HMC
   (:mod:`~sgdbayes.sampling.hmc`) and MCMC diagnostics.
 
@@ -21,9 +22,11 @@ Main entry points::
     sample_posterior(w_start, spec=family, data=(x, y), config=PosteriorConfig(...))
     sample_posterior_until(w_start, spec=family, data=(x, y), target=ConvergenceTarget(...))
     sample_hmc(w_start, spec=family, data=(x, y), config=HMCConfig(...))
+    calibrate_llc(potential, w_star, CalibrationGrid(...))
 """
 
 from .chains import ChainRun, Draw, DrawSchedule, FullLossTrace, LossTrace, Observer, WeightTrace, run_chains
+from .calibrate import Calibration, CalibrationGrid, calibrate_llc
 from .converge import ConvergenceTarget, sample_posterior_until
 from .diagnostics import categorical_rhat, ess, ess_per_chain, split_rhat, trend_test
 from .hmc import HMCConfig, HMCResult, sample_hmc
@@ -44,7 +47,7 @@ from .streams import ChainStreams, chain_seeds, noise_chunk_steps
 __all__ = [
     "LLCConfig", "LLCResult", "LLCWarning", "LLCTrainingHook", "MALAAcceptance", "mala_log_acceptance", "estimate_llc", "estimate_llc_potential", "dataset_tensors",
     "PosteriorConfig", "PosteriorResult", "sample_posterior", "ConvergenceTarget", "sample_posterior_until",
-    "HMCConfig", "HMCResult", "sample_hmc",
+    "HMCConfig", "HMCResult", "sample_hmc", "CalibrationGrid", "Calibration", "calibrate_llc",
     "SGLDConfig", "SGLDState", "SGLDTransform", "Stepper", "KernelStepper", "build", "default_nbeta",
     "LangevinCoefficients", "langevin_step",
     "DrawSchedule", "ChainRun", "Draw", "Observer", "LossTrace", "FullLossTrace", "WeightTrace", "run_chains",

@@ -1,5 +1,5 @@
 """Issue 16: HMC recovers known moments, MALA acceptance per chain, per-chain trend flags, SGLD
-run to a convergence target (docs/methods.md#estimates-you-can-trust)."""
+run to a convergence target (docs/estimates.md)."""
 import math
 import warnings
 
@@ -151,3 +151,13 @@ def test_sgld_blocks_continue_one_long_run_exactly():
                                                                                  max_samples=120, discard=0.0),
                                    progress=False) for b in (40, 120)]
     assert np.allclose(runs[0].loss_traces, runs[1].loss_traces, rtol=1e-12, atol=1e-14)
+
+
+def test_llc_result_round_trips_the_new_checks():
+    from sgdbayes.sampling import LLCResult
+
+    r = _quad_llc(1e-2)
+    back = LLCResult.from_dict(r.to_dict())
+    assert np.allclose(back.mala_chain, r.mala_chain, equal_nan=True)
+    assert np.allclose(back.trend_z_chain, r.trend_z_chain, equal_nan=True)
+    assert "MALA acceptance (target 0.9" in r.summary()

@@ -1,4 +1,4 @@
-"""Posterior SGLD run to a convergence target, in blocks (docs/methods.md#sgld-reference-run-to-a-target).
+"""Posterior SGLD run to a convergence target, in blocks (docs/estimates.md#sgld-reference-run-to-a-target).
 
 :func:`sample_posterior_until` runs the chains of :func:`sgdbayes.sampling.sample_posterior` in
 blocks of ``target.block_samples`` samples. After each block it computes, over the valid chains

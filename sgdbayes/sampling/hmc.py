@@ -1,4 +1,4 @@
-"""Metropolis-adjusted Hamiltonian Monte Carlo, chains batched (docs/methods.md#hmc-reference).
+"""Metropolis-adjusted Hamiltonian Monte Carlo, chains batched (docs/estimates.md#hmc-reference).
 
 Target: the tempered posterior ``π(w) ∝ exp(−U(w))`` with ``U(w) = (n/T) L(w) + (ω/2)|w|²``
 (``L`` the full-data mean loss, n the training-set size, T the temperature, ω a Gaussian prior
@@ -25,7 +25,7 @@ Batched: all chains advance together, with **one** batched ``loss_and_grad`` of 
 per leapfrog step for all chains. Every chain has its own generator (``chain_seeds(seed,
 start_id, 0)``), step size, metric and adaptation state, so chain c's draws do not depend on
 the other chains (nor on the rows being split over threads). Why not Pyro / NumPyro /
-blackjax: docs/methods.md#hmc-reference.
+blackjax: docs/estimates.md#hmc-reference.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Checks of an LLC estimate: the trend of every chain, the multiplicity correction, and advice
-that names the setting to change (docs/methods.md#trend-check-per-chain).
+that names the setting to change (docs/estimates.md#trend-check-per-chain).
 
 * **Per chain**, the second-half minus first-half mean draw loss, z = diff / se with
   autocorrelation-aware standard errors (:func:`sgdbayes.sampling.diagnostics.trend_test`).

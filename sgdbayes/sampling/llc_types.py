@@ -14,7 +14,7 @@ chains are excluded and counted; a model with every chain diverged gets NaN **an
 ``all_diverged=True``; a model skipped because its training diverged gets NaN and
 ``excluded=True``. Negative λ̂ are kept and flagged.
 
-Checks (:mod:`sgdbayes.sampling.llc_checks`; docs/methods.md#trend-check-per-chain): per chain
+Checks (:mod:`sgdbayes.sampling.llc_checks`; docs/estimates.md#trend-check-per-chain): per chain
 z-test of the second-half vs first-half mean draw loss
 (:func:`sgdbayes.sampling.diagnostics.trend_test`); a model is ``trend_flag`` ged when any
 chain's |z| exceeds the Bonferroni threshold for its C chains (``trend_z`` for one chain);

@@ -1,4 +1,4 @@
-"""MALA acceptance of SGLD steps: an observer of the chain runner (docs/methods.md#mala-acceptance).
+"""MALA acceptance of SGLD steps: an observer of the chain runner (docs/estimates.md#mala-acceptance).
 
 SGLD is an unadjusted Langevin sampler: it never rejects. How far one of its steps is from an
 exact Langevin move is measured by the Metropolis-Hastings acceptance probability that MALA

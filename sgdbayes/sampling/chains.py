@@ -6,7 +6,15 @@
 always recorded), :class:`FullLossTrace` (the full-data loss of the drawn weights) and
 :class:`WeightTrace` (the drawn weights). An observer declares whether it needs the weights
 (``needs_weights``) and records into ``[M, D, ...]`` arrays; when rows are sharded over threads
-each shard writes its own rows (:meth:`Observer.shard`).
+each shard writes its own rows (:meth:`Observer.shard`). An observer that needs steps other than
+the draws (:class:`sgdbayes.sampling.mala.MALAAcceptance`: the step before each measured draw)
+declares ``step_hook = True`` and is asked ``wants_step(i)`` at every step.
+
+Blocks: a run can be continued. :class:`ChainRun` keeps the weights after its last step
+(``w_last``), the divergence state and the step count; passing them back (``diverged=``,
+``diverged_step=``, ``first_step=``) with the same :class:`~sgdbayes.sampling.streams.ChainStreams`
+gives exactly the draws of one long run (:func:`sgdbayes.sampling.posterior.sample_posterior_until`
+runs chains in blocks until they converge).
 """
 
 from __future__ import annotations
@@ -61,9 +69,11 @@ class DrawSchedule:
 
 
 class Draw(NamedTuple):
-    """What an observer sees at draw ``index`` (step ``step``): the minibatch loss at the
-    pre-update weights (NaN for diverged rows), those weights ``w [m, P]`` (None unless an
-    observer needs them), the rows diverged so far, and the potential."""
+    """What an observer sees at draw ``index`` (step ``step``; ``index`` is -1 at a non-draw step
+    shown to a step hook): the minibatch loss at the pre-update weights (NaN for diverged rows),
+    those weights ``w [m, P]`` (None unless an observer needs them), the rows diverged so far,
+    the potential, the step's minibatch (``[m, B]`` indices or None: full batch) and the rows'
+    centres ``[m, P]``."""
 
     index: int
     step: int
@@ -71,12 +81,19 @@ class Draw(NamedTuple):
     w: Optional[Tensor]
     diverged: Tensor
     potential: object
+    batch: Optional[Tensor] = None
+    center: Optional[Tensor] = None
 
 
 @runtime_checkable
 class Observer(Protocol):
+    """``name`` (its key in :attr:`ChainRun.observed`), ``needs_weights`` (the draws' weights are
+    computed for it), ``step_hook`` (``wants_step(i)`` / ``on_step(event)`` are called at every
+    step ``i`` of the run, draws included, before ``on_draw``)."""
+
     name: str
     needs_weights: bool
+    step_hook: bool
 
     def start(self, M: int, D: int, P: int, device, dtype) -> None:  # pragma: no cover
         ...
@@ -96,6 +113,7 @@ class _ArrayObserver:
 
     name = "observer"
     needs_weights = False
+    step_hook = False
 
     def __init__(self):
         self.data: Optional[Tensor] = None
@@ -161,7 +179,9 @@ class WeightTrace(_ArrayObserver):
 class ChainRun:
     """Raw output of :func:`run_chains` (rows = chains): ``losses [M, D]`` (minibatch loss at
     each draw), ``observed`` (every observer's result by name), ``diverged [M]`` (a non-finite
-    loss, gradient or weight occurred), ``diverged_step [M]`` (first such step, -1 if none)."""
+    loss, gradient or weight occurred), ``diverged_step [M]`` (first such step, -1 if none),
+    ``w_last [M, P]`` (the weights after the last step; a diverged row's centre) and
+    ``end_step`` (steps taken by the chains so far, this run's included)."""
 
     losses: Tensor
     observed: dict
@@ -169,6 +189,8 @@ class ChainRun:
     diverged_step: Tensor
     num_steps: int
     wall_s: float
+    w_last: Optional[Tensor] = None
+    end_step: int = 0
 
     @property
     def full_losses(self) -> Optional[Tensor]:
@@ -181,13 +203,17 @@ class ChainRun:
 
 def run_chains(potential, w0: Tensor, kernel: SGLDConfig, schedule: DrawSchedule, streams: ChainStreams, *,
                observers: Sequence = (), centers: Optional[Tensor] = None, workers: Optional[int] = None,
-               progress: bool = False, desc: str = "SGLD") -> ChainRun:
+               progress: bool = False, desc: str = "SGLD", diverged: Optional[Tensor] = None,
+               diverged_step: Optional[Tensor] = None, first_step: int = 0) -> ChainRun:
     """Run M chains of SGLD from ``w0 [M, P]`` and record draws per ``schedule``.
 
     Divergence: a row whose loss is non-finite (checked every step) or whose weights are
     non-finite (checked every 25 steps and at the end; a non-finite gradient makes the next
     loss non-finite) is flagged, its weights are reset to its centre so it cannot poison later
     arithmetic, and all its later records are NaN. Nothing is averaged here.
+
+    Continuing a run (blocks): pass the previous run's ``w_last`` as ``w0``, its ``diverged`` /
+    ``diverged_step``, ``first_step=`` its ``end_step`` and the same ``streams`` and ``centers``.
 
     ``workers``: row shards run in parallel Python threads (default: automatic); results do not
     depend on it beyond float round-off. ``progress``: a tqdm bar over the steps (shown only
@@ -207,22 +233,38 @@ def run_chains(potential, w0: Tensor, kernel: SGLDConfig, schedule: DrawSchedule
         raise ValueError(f"observer names must be distinct, got {names}")
     for o in obs:
         o.start(M, schedule.num_draws, P, w0.device, w0.dtype)
-    diverged = torch.zeros(M, dtype=torch.bool, device=w0.device)
-    diverged_step = torch.full((M,), -1, dtype=torch.long, device=w0.device)
+    diverged = (torch.zeros(M, dtype=torch.bool, device=w0.device) if diverged is None
+                else diverged.to(device=w0.device, dtype=torch.bool).clone())
+    diverged_step = (torch.full((M,), -1, dtype=torch.long, device=w0.device) if diverged_step is None
+                     else diverged_step.to(device=w0.device, dtype=torch.long).clone())
+    w_last = torch.empty_like(w0)
     workers = _auto_workers(pot, w0) if workers is None else max(1, min(int(workers), M))
     bar = _bar(progress, schedule.num_steps, desc)
+    loop = _Loop(pot, kernel, schedule, int(first_step), bar)
     t0 = time.perf_counter()
     try:
         with single_threaded_blas():  # per-row products are far too small for BLAS threads
             if workers == 1:
-                _run_single(pot, kernel, w0, centers, schedule, streams, obs, diverged, diverged_step, bar)
+                _run_single(loop, w0, centers, streams, obs, diverged, diverged_step, w_last)
             else:
-                _run_sharded(pot, kernel, w0, centers, schedule, streams, obs, diverged, diverged_step, bar, workers)
+                _run_sharded(loop, w0, centers, streams, obs, diverged, diverged_step, w_last, workers)
     finally:
         if bar is not None:
             bar.close()
     return ChainRun(losses=obs[0].result(), observed={o.name: o.result() for o in obs[1:]}, diverged=diverged,
-                    diverged_step=diverged_step, num_steps=schedule.num_steps, wall_s=time.perf_counter() - t0)
+                    diverged_step=diverged_step, num_steps=schedule.num_steps, wall_s=time.perf_counter() - t0,
+                    w_last=w_last, end_step=int(first_step) + schedule.num_steps)
+
+
+@dataclass
+class _Loop:
+    """What every row shard's loop shares: the potential, kernel, schedule, first step, bar."""
+
+    pot: object
+    kernel: SGLDConfig
+    schedule: DrawSchedule
+    first_step: int
+    bar: object
 
 
 def _bar(progress: bool, total: int, desc: str):
@@ -233,23 +275,24 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", delay=2.0, leave=False)
 
 
-def _run_single(pot, kernel, w0, centers, schedule, streams, obs, diverged, diverged_step, bar):
+def _run_single(loop: _Loop, w0, centers, streams, obs, diverged, diverged_step, w_last):
     # the next chunk of noise is generated in a worker thread (double buffer) while the current one is
     # used, when a spare core exists; each generator is still used strictly sequentially
-    M, P = w0.shape
     spare = w0.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=1) if spare else None
-    bufs = [torch.empty(M, streams.noise_chunk, P, dtype=w0.dtype, device=w0.device) for _ in range(2)] if spare else None
     try:
-        fut = pool.submit(streams.draw_noise_chunk, bufs[0]) if pool is not None else None
-        _run_loop(make_stepper(pot, kernel, w0, centers), pot, schedule, streams, pool, fut, bufs, obs, diverged,
-                  diverged_step, bar)
+        if pool is not None:
+            streams.start_prefetch(pool)
+        stepper = make_stepper(loop.pot, loop.kernel, w0, centers)
+        _run_loop(stepper, loop, streams, obs, diverged, diverged_step, centers)
+        w_last.copy_(stepper.rows())
     finally:
+        streams.stop_prefetch()
         if pool is not None:
             pool.shutdown(wait=True)
 
 
-def _run_sharded(pot, kernel, w0, centers, schedule, streams, obs, diverged, diverged_step, bar, workers):
+def _run_sharded(loop: _Loop, w0, centers, streams, obs, diverged, diverged_step, w_last, workers):
     # rows are independent and every row keeps its own generators, so draws do not depend on sharding
     M = w0.shape[0]
     edges = np.linspace(0, M, workers + 1).round().astype(int)
@@ -258,11 +301,15 @@ def _run_sharded(pot, kernel, w0, centers, schedule, streams, obs, diverged, div
 
     def job(j):
         a, b = bounds[j]
-        _run_loop(make_stepper(pot, kernel, w0[a:b], centers[a:b]), pot, schedule, shards[j], None, None, None,
-                  [o.shard(a, b) for o in obs], diverged[a:b], diverged_step[a:b], bar if j == 0 else None)
+        part = _Loop(loop.pot, loop.kernel, loop.schedule, loop.first_step, loop.bar if j == 0 else None)
+        stepper = make_stepper(loop.pot, loop.kernel, w0[a:b], centers[a:b])
+        _run_loop(stepper, part, shards[j], [o.shard(a, b) for o in obs], diverged[a:b], diverged_step[a:b],
+                  centers[a:b])
+        w_last[a:b] = stepper.rows()
 
     with ThreadPoolExecutor(max_workers=len(bounds)) as ex:
         list(ex.map(job, range(len(bounds))))
+    streams.merge(shards)
 
 
 def _auto_workers(pot, w0: Tensor) -> int:
@@ -277,29 +324,24 @@ def _auto_workers(pot, w0: Tensor) -> int:
     return min(cores, 2)
 
 
-def _run_loop(stepper, pot, schedule, streams, pool, fut, bufs, obs, diverged, diverged_step, bar) -> None:
+def _run_loop(stepper, loop: _Loop, streams, obs, diverged, diverged_step, centers) -> None:
+    pot, schedule, bar = loop.pot, loop.schedule, loop.bar
     nan = float("nan")
     d = 0
     any_diverged = bool(diverged.any())
     need_w = any(o.needs_weights for o in obs)
-    chunk = None
+    hooks = [o for o in obs if o.step_hook]
     for i in range(schedule.num_steps):
         batch = streams.next_batch()
-        if pool is not None:
-            S = streams.noise_chunk
-            if i % S == 0:
-                chunk = fut.result()
-                if i + S < schedule.num_steps:
-                    fut = pool.submit(streams.draw_noise_chunk, bufs[(i // S + 1) % 2])
-            noise = chunk[:, i % S]
-        else:
-            noise = streams.noise()
+        noise = streams.noise()
         draw = schedule.is_draw(i)
-        w_pre = stepper.rows() if draw and need_w else None
+        hooked = [o for o in hooks if o.wants_step(i)]
+        w_pre = stepper.rows() if (draw and need_w) or hooked else None
         loss = stepper.step(batch, noise)
         with torch.no_grad():
+            step = loop.first_step + i
             ok = bool(torch.isfinite(loss).all())   # common case, one check
-            check_w = i % 25 == 0 or i == schedule.num_steps - 1
+            check_w = step % 25 == 0 or i == schedule.num_steps - 1
             if check_w:
                 fin = stepper.finite_rows()
                 ok = ok and bool(fin.all())
@@ -308,18 +350,22 @@ def _run_loop(stepper, pot, schedule, streams, pool, fut, bufs, obs, diverged, d
                 if check_w:
                     bad |= ~fin
                 new_bad = bad & ~diverged
-                diverged_step[new_bad] = i
+                diverged_step[new_bad] = step
                 diverged |= new_bad
                 any_diverged = any_diverged or bool(new_bad.any())
             if any_diverged:
                 stepper.reset(diverged)
-            if draw:
+            if draw or hooked:
                 # a row diverged at or before step i has no valid draw at step i
                 lrow = torch.where(diverged, torch.full_like(loss, nan), loss) if any_diverged else loss
-                ev = Draw(index=d, step=i, loss=lrow, w=w_pre, diverged=diverged.clone(), potential=pot)
-                for o in obs:
-                    o.on_draw(ev)
-                d += 1
+                ev = Draw(index=d if draw else -1, step=i, loss=lrow, w=w_pre, diverged=diverged.clone(),
+                          potential=pot, batch=batch, center=centers)
+                for o in hooked:
+                    o.on_step(ev)
+                if draw:
+                    for o in obs:
+                        o.on_draw(ev)
+                    d += 1
         if bar is not None:
             bar.update(1)
     if d != schedule.num_draws:  # pragma: no cover - schedule invariant

@@ -14,6 +14,11 @@
   ESS = C·N/τ.
 * :func:`trend_test` — first vs second half of a trace: z = (m₂ − m₁)/se with
   se² = s₁²/ESS₁ + s₂²/ESS₂ (autocorrelation-aware standard errors).
+* :func:`categorical_rhat` — split-R̂ of a categorical trace (e.g. the cluster a sample is
+  assigned to): the classic split-R̂ of each category's indicator, the largest over the
+  categories (a category whose indicator is constant within every half-chain but differs between
+  them gives ∞; one constant everywhere carries no information and is skipped; a trace in one
+  category throughout gives 1).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["split_rhat", "ess", "ess_per_chain", "autocorr", "trend_test", "TrendResult"]
+__all__ = ["split_rhat", "ess", "ess_per_chain", "autocorr", "trend_test", "TrendResult", "categorical_rhat"]
 
 
 def _as_chains(x) -> np.ndarray:
@@ -126,6 +131,26 @@ def split_rhat(x, rank_normalize: bool = True) -> float:
     tail = _rhat_plain(_rank_normal(folded))
     vals = [v for v in (bulk, tail) if np.isfinite(v)]
     return float(max(vals)) if vals else float("nan")
+
+
+def categorical_rhat(labels) -> float:
+    """Split-R̂ of integer labels ``[C, N]`` (module docstring); NaN if N < 4."""
+    a = np.asarray(labels)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.shape[1] < 4:
+        return float("nan")
+    s = _split(a)
+    worst = 1.0
+    for k in np.unique(s):
+        ind = (s == k).astype(np.float64)
+        W = ind.var(axis=1, ddof=1).mean()
+        B = ind.mean(axis=1).var(ddof=1)
+        if W > 0:
+            worst = max(worst, _rhat_plain(ind))
+        elif B > 0:
+            return float("inf")
+    return float(worst)
 
 
 @dataclass(frozen=True)

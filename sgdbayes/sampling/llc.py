@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -20,11 +21,12 @@ from .chains import run_chains
 from .data_args import SamplingData, dataset_tensors, sampling_data
 from .devinterp_backend import estimate_llc_devinterp
 from .llc_types import LLCConfig, LLCResult, finalize, model_ids_of
+from .mala import MALAAcceptance
 from .model_potential import ModulePotential, potential_for
 from .potentials import as_potential, check_weights
 from .streams import ChainStreams, chain_seeds
 
-__all__ = ["LLCConfig", "LLCResult", "estimate_llc", "estimate_llc_potential", "dataset_tensors"]
+__all__ = ["LLCConfig", "LLCResult", "LLCWarning", "estimate_llc", "estimate_llc_potential", "dataset_tensors"]
 
 
 def estimate_llc_potential(potential, w_star: Tensor, config: Optional[LLCConfig] = None,
@@ -51,10 +53,22 @@ def estimate_llc_potential(potential, w_star: Tensor, config: Optional[LLCConfig
     w0 = w_star.detach().repeat_interleave(C, dim=0)
     streams = ChainStreams(chain_seeds(config.seed, ids, C), n=n, batch_size=config.batch_size, n_params=P,
                            device=w_star.device, dtype=w_star.dtype)
-    run = run_chains(pot, w0, kernel, config.schedule, streams, progress=progress, desc=f"LLC K={K} x {C} chains")
-    return finalize(ids, run.losses.reshape(K, C, -1).cpu().numpy(), init_loss.cpu().numpy(),
-                    run.diverged.reshape(K, C).cpu().numpy(), kernel.nbeta, n, config, "batched",
-                    time.perf_counter() - t0, mode=pot.mode)
+    obs = ([MALAAcceptance.for_draws(kernel, config.schedule, config.mala_transitions)]
+           if config.mala_transitions else [])
+    run = run_chains(pot, w0, kernel, config.schedule, streams, observers=obs, progress=progress,
+                     desc=f"LLC K={K} x {C} chains")
+    mala = run.observed["mala"].reshape(K, C, -1).cpu().numpy() if obs else None
+    res = finalize(ids, run.losses.reshape(K, C, -1).cpu().numpy(), init_loss.cpu().numpy(),
+                   run.diverged.reshape(K, C).cpu().numpy(), kernel.nbeta, n, config, "batched",
+                   time.perf_counter() - t0, mode=pot.mode, mala=mala)
+    for line in res.advice():
+        warnings.warn(f"LLC: {line}", LLCWarning, stacklevel=2)
+    return res
+
+
+class LLCWarning(UserWarning):
+    """An LLC estimate whose checks failed (drifting chains, MALA acceptance off target); the
+    message names the setting to change."""
 
 
 def _config(config) -> LLCConfig:
@@ -188,7 +202,8 @@ def _scatter(res: LLCResult, keep: np.ndarray, ids: list) -> LLCResult:
         res, model_ids=np.asarray(ids), llc=put(res.llc, np.nan), llc_std=put(res.llc_std, np.nan),
         llc_per_chain=put(res.llc_per_chain, np.nan), loss_traces=put(res.loss_traces, np.nan),
         init_loss=put(res.init_loss, np.nan), diverged=put(res.diverged, True), trend_z=put(res.trend_z, np.nan),
-        trend_rel=put(res.trend_rel, np.nan), excluded=excluded)
+        trend_rel=put(res.trend_rel, np.nan), excluded=excluded, trend_z_chain=put(res.trend_z_chain, np.nan),
+        mala_chain=put(res.mala_chain, np.nan))
 
 
 def _all_excluded(ids, config: LLCConfig, n: int) -> LLCResult:

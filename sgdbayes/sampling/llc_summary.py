@@ -23,7 +23,16 @@ def llc_summary(r, max_rows: int = 20) -> str:
         lines.append(f"  models={K}: llc mean={fin.mean():.4g} median={np.median(fin):.4g} "
                      f"min={fin.min():.4g} max={fin.max():.4g}")
     lines.append(f"  negative llc: {int(r.negative.sum())}/{K} models (kept, flagged)")
-    lines.append(f"  trend flag (|z| > {c.trend_z:g}, draws not stationary): {int(r.trend_flag.sum())}/{K} models")
+    lines.append(f"  trend flag (some chain's |z| > {r.trend_threshold:.3g} = {c.trend_z:g} Bonferroni-corrected for "
+                 f"{C} chain(s); draws not stationary): {int(r.trend_flag.sum())}/{K} models")
+    acc = r.mala_accept[np.isfinite(r.mala_accept)]
+    if acc.size:
+        lines.append(f"  MALA acceptance (target {c.mala_target:g} ± {c.mala_tol:g}): mean {acc.mean():.3g}, min "
+                     f"{np.nanmin(r.mala_chain):.3g}; flagged: {int(r.mala_flag.sum())}/{K} models")
+    else:
+        lines.append("  MALA acceptance: not measured (mala_transitions = 0 or the devinterp backend)")
+    for line in r.advice():
+        lines.append(f"  WARNING: {line}")
     lines.append(f"  diverged chains: {int(r.diverged[~r.excluded].sum())}/{int((~r.excluded).sum()) * C} "
                  f"(excluded from means)")
     if r.excluded.any():
@@ -35,7 +44,8 @@ def llc_summary(r, max_rows: int = 20) -> str:
     if C == 1:
         lines.append("  note: 1 chain -> no Monte-Carlo error estimate (llc_std is NaN)")
     df = r.to_frame()
-    cols = ["model_id", "llc", "llc_std", "n_chains_valid", "negative", "trend_z", "trend_flag", "all_diverged"]
+    cols = ["model_id", "llc", "llc_std", "n_chains_valid", "negative", "trend_z_max", "trend_flag", "mala_accept",
+            "mala_flag", "all_diverged"]
     lines.append(df[cols].head(max_rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if K > max_rows:
         lines.append(f"  ... {K - max_rows} more rows (to_frame() for all)")

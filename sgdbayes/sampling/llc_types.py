@@ -12,9 +12,16 @@ paper's numbers used), ``"n"`` → n / log n (the WBIC temperature), or a number
 Per model: λ̂ = mean over valid chains of the per-chain λ̂; chain std (ddof 1); diverged
 chains are excluded and counted; a model with every chain diverged gets NaN **and**
 ``all_diverged=True``; a model skipped because its training diverged gets NaN and
-``excluded=True``. Negative λ̂ are kept and flagged. Trend check: per chain z-test of the
-second-half vs first-half mean draw loss (:func:`sgdbayes.sampling.diagnostics.trend_test`),
-combined per model by Stouffer (Σz/√C); ``trend_flag`` when |z| > ``trend_z``.
+``excluded=True``. Negative λ̂ are kept and flagged.
+
+Checks (:mod:`sgdbayes.sampling.llc_checks`; docs/estimates.md#trend-check-per-chain): per chain
+z-test of the second-half vs first-half mean draw loss
+(:func:`sgdbayes.sampling.diagnostics.trend_test`); a model is ``trend_flag`` ged when any
+chain's |z| exceeds the Bonferroni threshold for its C chains (``trend_z`` for one chain);
+the Stouffer combination Σz/√C is kept as ``trend_z``. MALA acceptance
+(:mod:`sgdbayes.sampling.mala`) per chain; ``mala_flag`` when a chain's mean acceptance is
+further than ``mala_tol`` from ``mala_target``. :meth:`LLCResult.advice` names the setting to
+change; :func:`sgdbayes.sampling.estimate_llc` warns with it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ from scipy import stats as _st
 from .._validation import check_float, check_int
 from ..stats.results import Result, decode, estimate_row, register
 from .chains import DrawSchedule
-from .diagnostics import trend_test
 from .sgld import SGLDConfig, default_nbeta
 
 __all__ = ["LLCConfig", "LLCResult", "finalize", "model_ids_of"]
@@ -44,7 +50,11 @@ class LLCConfig:
     step_size ε, localization γ, nbeta ("batch" | "n" | number), noise_level σ,
     weight_decay ω, batch_size B of SGLD minibatches (None = full batch; a DataLoader given as
     data supplies its own), num_chains, num_draws, num_burnin_steps, num_steps_bw_draws, seed
-    (base of the per-chain seeds), trend_z (|z| threshold of the trend flag).
+    (base of the per-chain seeds), trend_z (|z| threshold of the trend flag for one chain;
+    Bonferroni-corrected for several), mala_transitions (transitions per chain whose MALA
+    acceptance is measured, evenly spread over the draws; 0 = not measured), mala_target and
+    mala_tol (a chain is flagged when its mean acceptance is further than mala_tol from
+    mala_target).
 
     Presets: :meth:`paper` (Table 3: ε 1e-5, γ 100, 1 chain, 400 draws, 0 burn-in, 1 step
     between draws; batch 128), :meth:`equilibrating` (ε 1e-4, γ 100 → relaxation time
@@ -64,6 +74,9 @@ class LLCConfig:
     num_steps_bw_draws: int = 1
     seed: int = 0
     trend_z: float = 3.0
+    mala_transitions: int = 50
+    mala_target: float = 0.9
+    mala_tol: float = 0.1
 
     def __post_init__(self):
         check_float("step_size (epsilon)", self.step_size, 0.0, strict_min=True)
@@ -71,6 +84,9 @@ class LLCConfig:
         check_float("noise_level", self.noise_level, 0.0, strict_min=True)
         check_float("weight_decay", self.weight_decay, 0.0)
         check_float("trend_z", self.trend_z, 0.0, strict_min=True)
+        object.__setattr__(self, "mala_transitions", check_int("mala_transitions", self.mala_transitions, 0))
+        check_float("mala_target", self.mala_target, 0.0, 1.0, strict_min=True)
+        check_float("mala_tol", self.mala_tol, 0.0, 1.0, strict_min=True)
         if isinstance(self.nbeta, str):
             if self.nbeta not in ("batch", "n"):
                 raise ValueError(f"nbeta must be 'batch' (B/log B), 'n' (n/log n) or a number > 0, got {self.nbeta!r}")
@@ -132,9 +148,11 @@ class LLCResult(Result):
     ``llc_std [K]`` (chain std, ddof 1; NaN with < 2 valid chains), ``llc_se`` (Monte-Carlo
     standard error: chain std / √valid chains), ``llc_per_chain [K, C]``, ``loss_traces
     [K, C, D]`` (minibatch loss at each draw), ``init_loss [K]`` (full-data L(w*)), ``diverged
-    [K, C]``, ``trend_z [K]``, ``trend_rel [K]`` (drift in λ units over |λ̂|), ``excluded [K]``
-    (skipped: the model's training diverged), ``mode`` (train/eval mode the models were
-    evaluated in). Intervals (:meth:`conf_int`) are normal: λ̂ ± z·se over chains.
+    [K, C]``, ``trend_z [K]`` (Stouffer), ``trend_z_chain [K, C]``, ``trend_rel [K]`` (drift in
+    λ units over |λ̂|), ``mala_chain [K, C]`` (mean MALA acceptance of each chain; NaN when not
+    measured), ``excluded [K]`` (skipped: the model's training diverged), ``mode`` (train/eval
+    mode the models were evaluated in). Intervals (:meth:`conf_int`) are normal: λ̂ ± z·se over
+    chains.
     """
 
     model_ids: np.ndarray
@@ -153,10 +171,17 @@ class LLCResult(Result):
     wall_s: float = float("nan")
     excluded: Optional[np.ndarray] = None
     mode: str = "n/a"
+    trend_z_chain: Optional[np.ndarray] = None
+    mala_chain: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if self.excluded is None:
             self.excluded = np.zeros(len(self.llc), dtype=bool)
+        shape = self.llc_per_chain.shape
+        if self.trend_z_chain is None:
+            self.trend_z_chain = np.full(shape, np.nan)
+        if self.mala_chain is None:
+            self.mala_chain = np.full(shape, np.nan)
 
     @property
     def n_models(self) -> int:
@@ -179,8 +204,48 @@ class LLCResult(Result):
         return np.isfinite(self.llc) & (self.llc < 0)
 
     @property
+    def trend_threshold(self) -> float:
+        """|z| a single chain must exceed: ``trend_z`` Bonferroni-corrected for the C chains."""
+        from .llc_checks import bonferroni_z
+
+        return bonferroni_z(self.config.trend_z, self.llc_per_chain.shape[1])
+
+    @property
+    def trend_flag_chain(self) -> np.ndarray:
+        """``[K, C]``: the chain's |z| exceeds :attr:`trend_threshold`."""
+        z = self.trend_z_chain
+        return np.isfinite(z) & (np.abs(z) > self.trend_threshold)
+
+    @property
     def trend_flag(self) -> np.ndarray:
-        return np.isfinite(self.trend_z) & (np.abs(self.trend_z) > self.config.trend_z)
+        """``[K]``: some chain of the model drifts (:attr:`trend_flag_chain`); chains drifting in
+        opposite directions do not cancel."""
+        return self.trend_flag_chain.any(axis=1)
+
+    @property
+    def mala_accept(self) -> np.ndarray:
+        """``[K]`` mean over valid chains of the chains' mean MALA acceptance."""
+        out = np.full(self.n_models, np.nan)
+        m = np.where(self.diverged, np.nan, self.mala_chain)
+        ok = np.isfinite(m).any(axis=1)
+        out[ok] = np.nanmean(m[ok], axis=1)
+        return out
+
+    @property
+    def mala_flag_chain(self) -> np.ndarray:
+        """``[K, C]``: the chain's mean acceptance is further than ``mala_tol`` from ``mala_target``."""
+        m = self.mala_chain
+        return np.isfinite(m) & (np.abs(m - self.config.mala_target) > self.config.mala_tol)
+
+    @property
+    def mala_flag(self) -> np.ndarray:
+        return self.mala_flag_chain.any(axis=1)
+
+    def advice(self) -> list[str]:
+        """One sentence per problem found, naming the setting to change (empty when none)."""
+        from .llc_checks import advice
+
+        return advice(self)
 
     @property
     def llc_se(self) -> np.ndarray:
@@ -218,6 +283,8 @@ class LLCResult(Result):
                 "model_id": np.repeat(self.model_ids, C), "chain": np.tile(np.arange(C), K),
                 "llc": self.llc_per_chain.ravel(), "diverged": self.diverged.ravel(),
                 "mean_draw_loss": self.loss_traces.mean(axis=2).ravel(),
+                "trend_z": self.trend_z_chain.ravel(), "trend_flag": self.trend_flag_chain.ravel(),
+                "mala_accept": self.mala_chain.ravel(), "mala_flag": self.mala_flag_chain.ravel(),
             })
         ci = self.conf_int(level)
         return pd.DataFrame({
@@ -225,7 +292,8 @@ class LLCResult(Result):
             "llc_ci_low": ci["ci_low"].to_numpy(), "llc_ci_high": ci["ci_high"].to_numpy(),
             "n_chains_valid": self.n_valid_chains, "n_diverged": self.n_diverged,
             "all_diverged": self.all_diverged, "excluded": self.excluded, "negative": self.negative,
-            "trend_z": self.trend_z, "trend_rel": self.trend_rel, "trend_flag": self.trend_flag,
+            "trend_z": self.trend_z, "trend_z_max": _max_abs(self.trend_z_chain), "trend_rel": self.trend_rel,
+            "trend_flag": self.trend_flag, "mala_accept": self.mala_accept, "mala_flag": self.mala_flag,
             "init_loss": self.init_loss, "mean_draw_loss": self.mean_draw_loss,
             "nbeta": np.full(self.n_models, self.nbeta),
         })
@@ -241,8 +309,12 @@ class LLCResult(Result):
 
 
 def finalize(model_ids, losses: np.ndarray, init_loss: np.ndarray, diverged: np.ndarray, nbeta: float,
-             n_train: int, config: LLCConfig, backend: str, wall_s: float, mode: str = "n/a") -> LLCResult:
-    """Turn draw-loss traces ``[K, C, D]`` into an :class:`LLCResult` (shared by both backends)."""
+             n_train: int, config: LLCConfig, backend: str, wall_s: float, mode: str = "n/a",
+             mala: Optional[np.ndarray] = None) -> LLCResult:
+    """Turn draw-loss traces ``[K, C, D]`` (and MALA acceptances ``[K, C, D]``, NaN where not
+    measured) into an :class:`LLCResult` (shared by both backends)."""
+    from .llc_checks import chain_trends
+
     losses = np.asarray(losses, dtype=np.float64)
     init_loss = np.asarray(init_loss, dtype=np.float64)
     diverged = np.asarray(diverged, dtype=bool) | ~np.isfinite(losses).all(axis=2)
@@ -254,19 +326,34 @@ def finalize(model_ids, losses: np.ndarray, init_loss: np.ndarray, diverged: np.
     with np.errstate(invalid="ignore"):
         llc[ok] = np.nanmean(per_chain[ok], axis=1)
         std[ok2] = np.nanstd(per_chain[ok2], axis=1, ddof=1)
+    z_chain, diff_chain = chain_trends(losses, diverged)
     trend_z, trend_rel = np.full(K, np.nan), np.full(K, np.nan)
-    for k in range(K):
-        tests = [trend_test(losses[k, c]) for c in range(C) if not diverged[k, c]]
-        tests = [t for t in tests if np.isfinite(t.z)]
-        if tests:
-            trend_z[k] = float(np.sum([t.z for t in tests]) / np.sqrt(len(tests)))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                d = nbeta * float(np.mean([t.diff for t in tests]))
-                trend_rel[k] = d / abs(llc[k]) if llc[k] != 0 else np.inf
+    fin = np.isfinite(z_chain)
+    for k in np.flatnonzero(fin.any(axis=1)):
+        trend_z[k] = float(z_chain[k, fin[k]].sum() / np.sqrt(fin[k].sum()))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = nbeta * float(diff_chain[k, fin[k]].mean())
+            trend_rel[k] = d / abs(llc[k]) if llc[k] != 0 else np.inf
+    mala_chain = np.full((K, C), np.nan)
+    if mala is not None:
+        m = np.asarray(mala, dtype=np.float64)
+        has = np.isfinite(m).any(axis=2) & ~diverged
+        with np.errstate(invalid="ignore"):
+            mala_chain[has] = np.nanmean(m[has], axis=1)
     return LLCResult(model_ids=np.asarray(model_ids), llc=llc, llc_std=std, llc_per_chain=per_chain,
                      loss_traces=losses, init_loss=init_loss, diverged=diverged, trend_z=trend_z,
                      trend_rel=trend_rel, nbeta=float(nbeta), n_train=int(n_train), config=config,
-                     backend=backend, wall_s=float(wall_s), mode=mode)
+                     backend=backend, wall_s=float(wall_s), mode=mode, trend_z_chain=z_chain,
+                     mala_chain=mala_chain)
+
+
+def _max_abs(z: np.ndarray) -> np.ndarray:
+    """Per row, the entry of largest |z| (signed; NaN when none is finite)."""
+    out = np.full(z.shape[0], np.nan)
+    a = np.where(np.isfinite(z), np.abs(z), -1.0)
+    ok = a.max(axis=1) >= 0
+    out[ok] = z[ok, a[ok].argmax(axis=1)]
+    return out
 
 
 def model_ids_of(model_ids, K: int) -> list[int]:

@@ -37,7 +37,7 @@ from .potentials import as_potential, check_weights
 from .sgld import SGLDConfig
 from .streams import ChainStreams, chain_seeds
 
-__all__ = ["PosteriorConfig", "PosteriorResult", "sample_posterior"]
+__all__ = ["PosteriorConfig", "PosteriorResult", "sample_posterior", "posterior_result"]
 
 
 @register
@@ -94,6 +94,14 @@ class PosteriorResult(Result):
     (split-R̂ of one chain = its two halves), and per group (all valid chains of the group
     together). :meth:`estimates` gives each group's mean loss with its Monte-Carlo standard
     error (sd / √ESS).
+
+    Pooled over the valid chains: ``rhat`` / ``ess`` of the loss, ``rhat_labels`` (of the
+    cluster assignment ``labels [chains, samples]`` when one was given, else NaN). Compute:
+    ``n_steps`` SGLD steps per chain (burn-in and discarded samples included), so
+    ``gradient_evaluations`` = n_steps x chains minibatch gradients of ``batch`` examples.
+    A run to a convergence target (:func:`sgdbayes.sampling.converge.sample_posterior_until`)
+    also states ``stop_reason``, ``history`` (one row per block) and ``kept_from`` (samples
+    before it were discarded as burn-in).
     """
 
     samples: Optional[Tensor]
@@ -110,6 +118,19 @@ class PosteriorResult(Result):
     n_train: int
     wall_s: float
     mode: str = "n/a"
+    rhat: float = float("nan")
+    ess: float = float("nan")
+    labels: Optional[np.ndarray] = None
+    rhat_labels: float = float("nan")
+    n_steps: int = 0
+    stop_reason: str = "fixed length"
+    history: Optional[pd.DataFrame] = None
+    kept_from: int = 0
+
+    @property
+    def gradient_evaluations(self) -> int:
+        """Minibatch gradients of all chains together (``n_steps`` x chains)."""
+        return int(self.n_steps) * self.n_chains
 
     @property
     def n_chains(self) -> int:
@@ -160,10 +181,14 @@ class PosteriorResult(Result):
             "Posterior SGLD (Welling & Teh, temperature "
             f"{c.temperature:g}: dw = -(eps/2) n grad L_B + N(0, eps)), n={self.n_train}, nbeta={self.nbeta:g}, "
             f"mode={self.mode}",
-            f"  eps={c.step_size:g} samples={c.num_samples} burn-in={c.num_burnin_steps} "
+            f"  eps={c.step_size:g} samples={self.loss_traces.shape[1]} burn-in={c.num_burnin_steps} "
             f"steps/sample={c.num_steps_bw_samples} batch={c.batch_size} weight_decay={c.weight_decay:g} "
             f"loss trace={c.record} wall={self.wall_s:.1f}s",
-            f"  chains={self.n_chains} diverged={int(self.diverged.sum())} (excluded from group diagnostics)",
+            f"  chains={self.n_chains} diverged={int(self.diverged.sum())} (excluded from group diagnostics); "
+            f"{self.n_steps} steps per chain, {self.gradient_evaluations} minibatch gradients in all",
+            f"  pooled split-R̂ of the loss {self.rhat:.4g}, bulk ESS {self.ess:.4g}"
+            + (f", split-R̂ of the cluster assignment {self.rhat_labels:.4g}" if self.labels is not None else "")
+            + f"; stopped: {self.stop_reason}",
             "  per group: " + self.group_diagnostics.to_string(index=False, float_format=lambda v: f"{v:.3g}"),
         ]
         return "\n".join(lines)
@@ -212,17 +237,24 @@ def sample_posterior(w_start: Tensor, potential=None, *, spec=None, data=None, s
     run = run_chains(pot, w0, kernel, config.schedule, streams, observers=observers, progress=progress,
                      desc=f"posterior SGLD {S * J} chains")
     traces = (run.full_losses if config.record == "full" else run.losses).cpu().numpy().astype(np.float64)
-    diverged = run.diverged.cpu().numpy()
-    start_index = np.repeat(np.arange(S), J)
-    chain_groups = groups[start_index]
+    return posterior_result(traces, run.diverged.cpu().numpy(), run.weights, np.repeat(np.arange(S), J), start_ids,
+                            groups, config, kernel.nbeta, n, time.perf_counter() - t0, pot.mode, n_steps=run.end_step)
+
+
+def posterior_result(traces, diverged, samples, start_index, start_ids, groups, config, nbeta, n, wall_s, mode,
+                     **extra) -> PosteriorResult:
+    """A :class:`PosteriorResult` with its per-chain, per-group and pooled diagnostics."""
+    chain_groups = np.asarray(groups)[start_index]
     rhat_c = np.array([split_rhat(t) if not dv else np.nan for t, dv in zip(traces, diverged)])
     ess_c = np.array([ess(t) if not dv else np.nan for t, dv in zip(traces, diverged)])
-    return PosteriorResult(samples=run.weights, loss_traces=traces, start_index=start_index,
-                           start_ids=np.asarray(start_ids), groups=chain_groups, diverged=diverged,
+    valid = ~np.asarray(diverged, bool)
+    return PosteriorResult(samples=samples, loss_traces=traces, start_index=start_index,
+                           start_ids=np.asarray(start_ids), groups=chain_groups, diverged=np.asarray(diverged, bool),
                            rhat_chain=rhat_c, ess_chain=ess_c,
                            group_diagnostics=_group_diagnostics(traces, chain_groups, diverged),
-                           config=config, nbeta=kernel.nbeta, n_train=n, wall_s=time.perf_counter() - t0,
-                           mode=pot.mode)
+                           config=config, nbeta=nbeta, n_train=n, wall_s=wall_s, mode=mode,
+                           rhat=float(split_rhat(traces[valid])) if valid.any() else float("nan"),
+                           ess=float(ess(traces[valid])) if valid.any() else float("nan"), **extra)
 
 
 def _group_diagnostics(traces, chain_groups, diverged) -> pd.DataFrame:

@@ -5,9 +5,12 @@ Model, with ``x = log t``::
     log R = c + a_early x + (a_late - a_early) (x - log t_c)_+ + u,
 
 ``u`` a CAR(1) error as in :mod:`sgdbayes.stats.ar_errors` (clock ``log t`` or
-``record``). Point estimates: ``t_c`` is the least-squares knot over a grid 4x
-finer than the observed log t values (at least ``min_segment`` points on each
-side), and ``alpha_early`` / ``alpha_late`` the hinge slopes at that knot.
+``record``). Knots are searched over a grid 4x finer than the observed log t
+values (at least ``min_segment`` points on each side). Point estimates: ``t_c``
+is the posterior median of the knot (so it always lies inside its own
+equal-tailed interval; the least-squares knot, which ignores the error
+correlation, can fall outside it), and ``alpha_early`` / ``alpha_late`` the
+least-squares hinge slopes at the candidate knot nearest to it.
 
 Intervals (docs/intervals.md): the posterior of the knot and of the slope change
 ``delta = a_late - a_early`` under the hinge model, with a flat prior on log t_c
@@ -149,7 +152,7 @@ def t_c_intervals(cand: np.ndarray, lp: np.ndarray, level: float) -> tuple[np.nd
 class CrossoverFit(Result):
     """Two-segment (hinge) fit in log-log space, App B.3 (module docstring).
 
-    ``t_c`` is the least-squares knot, ``alpha_early`` / ``alpha_late`` the hinge
+    ``t_c`` is the posterior median knot, ``alpha_early`` / ``alpha_late`` the hinge
     slopes there, ``delta = alpha_late - alpha_early``. Intervals (``conf_int``)
     for ``t_c`` and ``delta`` come from the stored posterior (``log_knots`` /
     ``knot_cdf`` and ``delta_grid`` / ``delta_cdf``), so any level can be asked
@@ -225,16 +228,18 @@ def fit_crossover(log_t: np.ndarray, log_R: np.ndarray, min_segment: int = 8, le
         raise ValueError(f"need at least {2 * min_segment + 1} points for a crossover fit, got {n}")
     records = np.arange(n) if records is None else np.asarray(records, float)
     cand = knot_candidates(x, min_segment)
-    j, beta = least_squares_knot(x, y[None, :], cand)
     lp, loc, scale, (rho, which) = knot_posterior(x, records, y[None, :], cand)
     w, pk = _knot_mass(lp[..., 0])
     log_knots, knot_cdf = _knot_cdf(cand, pk)
+    log_tc = float(np.interp(0.5, knot_cdf, log_knots))  # posterior median of log t_c
+    k = int(np.argmin(np.abs(cand - log_tc)))
+    beta = np.linalg.lstsq(_hinge_design(x, cand[k:k + 1])[0], y, rcond=None)[0][None, :]
     dgrid, dcdf = _delta_cdf(w.ravel(), loc[..., 0].ravel(), scale[..., 0].ravel(), n - 3)
     names = list(clock_gaps(x, records))
     wg = w.sum(1)
     by_clock = np.bincount(which, weights=wg, minlength=len(names))
     rho_mean = float((wg * rho).sum())
-    return CrossoverFit(t_c=float(np.exp(cand[j[0]])), alpha_early=float(beta[0, 1]),
+    return CrossoverFit(t_c=math.exp(log_tc), alpha_early=float(beta[0, 1]),
                         alpha_late=float(beta[0, 1] + beta[0, 2]), rho=rho_mean,
                         clock=names[int(np.argmax(by_clock))], log_knots=log_knots, knot_cdf=knot_cdf,
                         delta_grid=dgrid, delta_cdf=dcdf, n_points=n, level=level)

@@ -27,6 +27,9 @@ name               options (defaults)
                    ``seed=0``) or ``x_train, y_train, x_test, y_test``; ``n_classes``.
 ``sequences``      ``p=11``, ``length=16``, ``n=1024``, ``n_test=256``, ``seed=0`` -- modular
                    Fibonacci token sequences for a next-token model (``x, y [n, length]``).
+``modular``        ``p=23``, ``op="add"`` (``sub``, ``mul``), ``train_fraction=0.6``, ``seed=0``
+                   -- all pairs (a, b), label (a op b) mod p, one-hot a and b side by side
+                   (``[p*p, 2p]``); a random ``train_fraction`` of the pairs is train (grokking).
 =================  ==============================================================
 
 Common options: ``device="cpu"`` (``"auto"`` = CUDA when available), ``dtype=torch.float32``.
@@ -49,6 +52,7 @@ _LOADERS = {
     "mnist1d": builtin.mnist1d,
     "digits": builtin.digits,
     "sequences": builtin.sequences,
+    "modular": builtin.modular,
     "mnist": lambda **kw: files.idx_images("mnist", **kw),
     "fashion_mnist": lambda **kw: files.idx_images("fashion_mnist", **kw),
     "cifar10": files.cifar10,

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-__all__ = ["moons", "mnist1d", "digits", "sequences"]
+__all__ = ["moons", "mnist1d", "digits", "sequences", "modular"]
 
 
 def moons(n: int = 512, n_test: int = 512, noise: float = 0.2, seed: int = 0):
@@ -77,3 +77,31 @@ def sequences(p: int = 11, length: int = 16, n: int = 1024, n_test: int = 256, s
     meta = dict(p=p, length=length, n=n, n_test=n_test, seed=seed,
                 source="modular Fibonacci s_{t+1} = (s_t + s_{t-1}) mod p, generated in-process")
     return x[:n], y[:n], x[n:], y[n:], p, meta
+
+
+def modular(p: int = 23, op: str = "add", train_fraction: float = 0.6, seed: int = 0):
+    """Modular arithmetic for grokking: every pair ``(a, b)`` of ``0..p-1`` with label
+    ``(a + b) mod p`` (``op="add"``), ``(a - b) mod p`` (``"sub"``) or ``(a * b) mod p``
+    (``"mul"``); inputs are the two one-hot codes side by side (``[p*p, 2p]`` floats). A
+    random ``train_fraction`` of the ``p*p`` pairs (drawn with ``seed``) is the training
+    set, the rest the test set."""
+    from .._validation import check_choice, check_float, check_int
+
+    p = check_int("p", p, 2)
+    op = check_choice("op", op, ("add", "sub", "mul"))
+    train_fraction = check_float("train_fraction", train_fraction, 0.0, 1.0, strict_min=True, strict_max=True)
+    a, b = (v.ravel() for v in np.meshgrid(np.arange(p), np.arange(p), indexing="ij"))
+    y = {"add": a + b, "sub": a - b, "mul": a * b}[op] % p
+    x = np.zeros((p * p, 2 * p), dtype=np.float32)
+    x[np.arange(p * p), a] = 1.0
+    x[np.arange(p * p), p + b] = 1.0
+    perm = np.random.default_rng(check_int("seed", seed, 0)).permutation(p * p)
+    n_tr = int(round(train_fraction * p * p))
+    if not 0 < n_tr < p * p:
+        raise ValueError(f"train_fraction {train_fraction} of {p * p} pairs leaves an empty train or test set")
+    tr, te = perm[:n_tr], perm[n_tr:]
+    sym = {"add": "+", "sub": "-", "mul": "*"}[op]
+    meta = dict(p=p, op=op, train_fraction=train_fraction, seed=seed, n_pairs=p * p,
+                source=f"all pairs (a, b) of 0..{p - 1}, label (a {sym} b) mod {p}, one-hot a and b concatenated; "
+                       f"random {n_tr} pairs train, {p * p - n_tr} test (generated in-process)")
+    return x[tr], y[tr], x[te], y[te], p, meta

@@ -3,7 +3,10 @@
 What is computed (per seed i, independent of K, of ``chunk_size`` and of ``workers``):
 
 * **Init**: ``model()`` right after ``torch.manual_seed(seed_i)`` (the model protocol's
-  ``initialize``; for the built-in MLP, :meth:`sgdbayes.models.MLPSpec.init`).
+  ``initialize``; for the built-in MLP, :meth:`sgdbayes.models.MLPSpec.init`), or row i of
+  ``init`` (weights ``[K, P]`` and optionally per-seed state) to continue training from
+  given weights (e.g. a previous result's ``w_final`` and ``state``; R(t) is then measured
+  from those weights).
 * **Minibatch order**: :func:`sgdbayes.engine.batch_indices` (drop_last=True).
 * **Loss**: mean cross-entropy of the minibatch over every output position (one label per
   example, or per token for sequence models), at the weights before the update.
@@ -96,12 +99,17 @@ def evaluate(family, w: Tensor, x: Tensor, y: Tensor, state=None, max_elems: int
 class _ChunkRun:
     """One chunk of seeds trained together (see the module docstring)."""
 
-    def __init__(self, cfg, family, data, seeds, n_steps, grid, hooks, device, dtype, pbar):
+    def __init__(self, cfg, family, data, seeds, n_steps, grid, hooks, device, dtype, pbar, init=None):
         self.cfg, self.family, self.data, self.seeds = cfg, family, data, list(seeds)
         self.n_steps, self.grid, self.hooks, self.pbar = n_steps, grid, hooks, pbar
         self.k = k = len(self.seeds)
         self.t = 0
         self.w0, self.state = family.initialize(self.seeds, device=device, dtype=dtype)
+        if init is not None:  # rows of the given start (same layout as initialize's)
+            w, st = init
+            self.w0 = w.to(device=device, dtype=dtype).clone()
+            if st is not None:
+                self.state = {name: v.to(device).clone() for name, v in st.items()}
         self.kernel = family.kernel(k, cfg.batch_size, device, dtype, data.feature_shape, data.x_train.dtype)
         self.params = _Blocked(self.kernel.layout, k, device, dtype)
         self.params.unpack(self.w0)
@@ -277,12 +285,17 @@ def chunk_plan(cfg: EnsembleConfig, family, data: Dataset, device, dtype, worker
     return chunks, dict(chunk_size=chunk, bytes_per_seed=int(per_seed), memory_budget_bytes=int(budget))
 
 
-def train_ensemble(config: EnsembleConfig, data=None, hooks: Iterable[Hook | tuple] = ()) -> EnsembleResult:
+def train_ensemble(config: EnsembleConfig, data=None, hooks: Iterable[Hook | tuple] = (),
+                   init=None) -> EnsembleResult:
     """Train ``config.K`` independent seeds (the module docstring states the exact semantics).
 
     ``data``: an :class:`sgdbayes.data.Dataset`, an ``(x, y)`` pair of tensors (``x [n, ...]``
     of any shape, integer labels; no test split) or a torch ``Dataset`` of pairs; ``None``
     loads ``config.dataset``. The result's ``config`` and ``data_source`` name the data used.
+    ``init``: start from given weights instead of the seeds' initializations -- a ``[K, P]``
+    tensor (row i for ``config.seeds[i]``, the layout of ``EnsembleResult.w_final``) or a pair
+    ``(w, state)`` with per-seed state ``{name: [K, ...]}`` (e.g. a previous result's
+    ``(w_final, state)``); the seeds still choose the minibatch (and dropout) streams.
     """
     cfg = config
     if not isinstance(cfg, EnsembleConfig):
@@ -300,24 +313,50 @@ def train_ensemble(config: EnsembleConfig, data=None, hooks: Iterable[Hook | tup
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):
         raise ValueError(f"hook names must be distinct, got {names}")
+    init = _check_init(init, cfg, family)
     workers = _resolve_workers(cfg, device, hooks)
     chunks, plan = chunk_plan(cfg, family, data, device, dtype, workers)
     t0 = time.perf_counter()
-    parts = _run_chunks(cfg, family, data, chunks, n_steps, grid, hooks, device, dtype, workers)
+    parts = _run_chunks(cfg, family, data, chunks, n_steps, grid, hooks, device, dtype, workers, init)
     meta = _meta(cfg, family, data, n_steps, workers, plan, device, time.perf_counter() - t0)
     return _assemble(cfg, family, data, parts, grid, hooks, meta)
 
 
-def _run_chunks(cfg, family, data, chunks, n_steps, grid, hooks, device, dtype, workers) -> list[dict]:
+def _check_init(init, cfg: EnsembleConfig, family):
+    """``init`` as ``(w [K, P], state or None)`` checked against the seeds and the family."""
+    if init is None:
+        return None
+    w, st = init if isinstance(init, tuple) else (init, None)
+    if not isinstance(w, Tensor) or w.shape != (cfg.K, family.n_params):
+        raise ValueError(f"init weights must be a [K={cfg.K}, P={family.n_params}] tensor (row i for seed i), got "
+                         f"{tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__}")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("init weights are not all finite")
+    if family.stateful and st is None:
+        raise ValueError("this model family has per-seed state (e.g. BatchNorm statistics): pass init=(w, state)")
+    if st is not None and any(v.shape[0] != cfg.K for v in st.values()):
+        raise ValueError(f"init state tensors need K={cfg.K} rows")
+    return w, st
+
+
+def _run_chunks(cfg, family, data, chunks, n_steps, grid, hooks, device, dtype, workers, init=None) -> list[dict]:
     pbar = None
     if cfg.progress:
         from tqdm.auto import tqdm
         pbar = tqdm(total=n_steps * len(chunks), desc=f"ensemble K={cfg.K}", unit="step")
     init_lock = threading.Lock()
+    row_of = {int(s): i for i, s in enumerate(cfg.seeds)}
+
+    def chunk_init(chunk_seeds):
+        if init is None:
+            return None
+        rows = torch.as_tensor([row_of[int(s)] for s in chunk_seeds])
+        return init[0][rows], None if init[1] is None else {k: v[rows] for k, v in init[1].items()}
 
     def run_chunk(chunk_seeds) -> dict:
         with init_lock:  # initialization seeds torch's global RNG (inside fork_rng): one chunk at a time
-            run = _ChunkRun(cfg, family, data, chunk_seeds, n_steps, grid, hooks, device, dtype, pbar)
+            run = _ChunkRun(cfg, family, data, chunk_seeds, n_steps, grid, hooks, device, dtype, pbar,
+                            chunk_init(chunk_seeds))
         disp, tl, ta = run.run()
         w_final = run.params.pack()
         tr = evaluate(family, w_final, data.x_train, data.y_train, run.state)

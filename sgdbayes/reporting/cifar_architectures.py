@@ -197,6 +197,22 @@ def _diagnostics(r: dict) -> list[str]:
                       "α late", "r²", "test acc"], rows), ""]
 
 
+def _bottom_line(r: dict) -> str:
+    """Plain words from the stored numbers: is the ensemble past its super-diffusive start at all?"""
+    pr = r["per_run"]
+    a, late = pr["alpha"].to_numpy(float), pr["late_alpha"].to_numpy(float)
+    size = next((h for h in r["hypotheses"] if h.id == "size-early"), None)
+    words = (f"**Bottom line.** Whole-range α: median {fmt_num(np.nanmedian(a))} over {np.isfinite(a).sum()} runs "
+             f"({int(np.sum(a < 0.5))} below 1/2); late-window α below 1/2 in {int(np.sum(late < 0.5))} of "
+             f"{int(np.isfinite(late).sum())} runs. ")
+    if np.nanmedian(a) >= 0.5:
+        words += ("These runs have not left the super-diffusive start within the training budget, so d_s = 2λα (λ > 0) "
+                  "exceeds λ and H2/H3 fail here; the paper's runs were longer (see Methods). ")
+    if size is not None:
+        words += f"The size claim (size-early) is **{size.verdict}** (ρ = {fmt_num(size.estimate)})."
+    return words + "\n"
+
+
 def render(r: dict) -> str:
     d, fam = r["data"], r["config"]["arch"]["family"]
     L = [header(f"{r['title']} (paper App I.3, Table {_TABLE[fam]}, Fig {_FIG[fam]})",
@@ -207,7 +223,7 @@ def render(r: dict) -> str:
         L.append("*This is not the paper's configuration*: see Methods for every difference; `--preset paper "
                  "--set data.path=DIR` runs App I.3's settings on local CIFAR-10 (documented for a GPU).\n")
     L += [divergence_sentence(r.get("divergence")) + "\n", "## Verdicts\n", verdict_table(r["hypotheses"]), "",
-          verdict_notes(r["hypotheses"]) + "\n", *_beside_paper(r), "## Figures\n"]
+          verdict_notes(r["hypotheses"]) + "\n", _bottom_line(r), *_beside_paper(r), "## Figures\n"]
     L += [f"![{cap}](figures/{f})\n\n*{cap}*\n" for f, cap in FIGURES]
     L += [_methods(r), *_diagnostics(r)]
     return "\n".join(L) + "\n"

@@ -106,3 +106,21 @@ def test_missing_cifar_folder_is_a_clear_error(tmp_path, capsys):
     assert "data.path" in err and "lacks data_batch_" in err and "Traceback" not in err
     assert main(["cifar_conv", "--preset", "paper", "--out", str(tmp_path / "o3")]) == 2
     assert "data.path is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_committed_default_report_matches_its_results_json(study):
+    from pathlib import Path
+
+    from sgdbayes.reporting.format import fmt_num
+
+    d = Path(__file__).resolve().parents[1] / "reports" / study
+    if not (d / "results.json").is_file():
+        pytest.skip(f"no committed report for {study}")
+    res = read_results_json(d / "results.json")
+    text = (d / "report.md").read_text()
+    assert res["presets"] == [load_study(study).default_preset] and res["sets"] == []
+    check_verdicts_shown(text, res)
+    assert f"total wall time {fmt_num(res['wall_total_s'])} s" in text
+    for f in res["figures"]:
+        assert (d / f).is_file()

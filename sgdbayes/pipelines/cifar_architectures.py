@@ -305,7 +305,13 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     n_early = int(fitted["alpha_early"].notna().sum())
     notes.append(f"{n_early} of {len(fitted)} fitted runs have a two-segment crossover (α_early, t_c); the "
                  f"size claim uses those runs only")
+    disp = np.asarray(tr["displacement"], float)  # [A, K, G]
+    a, late = fitted["alpha"].to_numpy(float), fitted["late_alpha"].to_numpy(float)
     return {"runs": fitted, "hypotheses": hyps, "size_regressions": reg,
+            "curves": {"disp_median": np.nanmedian(disp, 1), "disp_min": np.nanmin(disp, 1),
+                       "disp_max": np.nanmax(disp, 1), "llc_median": np.nanmedian(np.asarray(tr["llc"], float), 1)},
+            "bottom_line": {"alpha": summarize(a, level, seed, n_boot=n_boot), "n_alpha_below_half": int(np.sum(a < 0.5)),
+                            "n_late": int(np.isfinite(late).sum()), "n_late_below_half": int(np.sum(late < 0.5))},
             "arch": _arch_rows(tr, fitted, level, seed, n_boot), "notes": notes,
             "n_llc_nonpositive": int((~(fitted["llc"] > 0)).sum()),
             "relaxation_steps": 2.0 / (c.llc.step_size * c.llc.localization)}

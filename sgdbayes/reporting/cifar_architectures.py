@@ -43,7 +43,7 @@ def build(ctx) -> dict:
             "ensemble": {"total_steps": tr["total_steps"], "nbeta": tr["nbeta"], "models": tr["models"],
                          "llc_trend_flags": tr["llc_trend_flags"], "llc_n_estimates": tr["llc_n_estimates"],
                          "relaxation_steps": an["relaxation_steps"], "n_seeds": int(len(tr["seeds"]))},
-            "hypotheses": an["hypotheses"], "arch": an["arch"], "size_regressions": an["size_regressions"],
+            "hypotheses": an["hypotheses"], "arch": an["arch"], "bottom_line": an["bottom_line"], "size_regressions": an["size_regressions"],
             "per_run": an["runs"][[k for k in keep if k in an["runs"]]], "notes": an["notes"],
             "n_llc_nonpositive": an["n_llc_nonpositive"], "divergence": tr["divergence"]}
 
@@ -55,15 +55,14 @@ def _fig_displacement(ctx, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     tr = ctx["train"]
+    cv = {k: np.asarray(v, float) for k, v in ctx["analysis"]["curves"].items()}
     t = np.asarray(tr["steps"], float)
+    ok = t > 0
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for a in range(len(tr["rows"])):
-        d = np.asarray(tr["displacement"][a], float)
-        ok = t > 0
-        ax.plot(t[ok], np.nanmedian(d[:, ok], 0), lw=1.4, label=f"{tr['channels'][a]} ({tr['n_params'][a]} params)")
-        ax.fill_between(t[ok], np.nanmin(d[:, ok], 0), np.nanmax(d[:, ok], 0), alpha=0.2)
-    ax.plot(t[t > 0], t[t > 0] ** 0.5 * np.nanmedian(tr["displacement"][0][:, -1]) / t[-1] ** 0.5, "k:", lw=1,
-            label="slope 1/2 (Brownian)")
+        ax.plot(t[ok], cv["disp_median"][a][ok], lw=1.4, label=f"{tr['channels'][a]} ({tr['n_params'][a]} params)")
+        ax.fill_between(t[ok], cv["disp_min"][a][ok], cv["disp_max"][a][ok], alpha=0.2)
+    ax.plot(t[ok], t[ok] ** 0.5 * cv["disp_median"][0][-1] / t[-1] ** 0.5, "k:", lw=1, label="slope 1/2 (Brownian)")
     ax.set(xscale="log", yscale="log", xlabel="step t", ylabel="R(t) = ||w_t - w_0||",
            title="weight displacement per architecture")
     ax.legend(fontsize=7)
@@ -108,7 +107,7 @@ def _fig_size(ctx, path: Path) -> Path:
     steps = np.asarray(tr["llc_steps"], float)
     for a in range(len(tr["rows"])):
         ax = axes[2]
-        ax.plot(steps, np.nanmedian(np.asarray(tr["llc"][a], float), 0), label=f"{tr['channels'][a]}")
+        ax.plot(steps, np.asarray(ctx["analysis"]["curves"]["llc_median"], float)[a], label=f"{tr['channels'][a]}")
     axes[2].set(xlabel="step", ylabel="λ̂ (median over seeds)", title="λ̂ along training")
     axes[2].legend(fontsize=7)
     return save_figure(fig, path, dpi=ctx.config.report.dpi)
@@ -199,13 +198,12 @@ def _diagnostics(r: dict) -> list[str]:
 
 def _bottom_line(r: dict) -> str:
     """Plain words from the stored numbers: is the ensemble past its super-diffusive start at all?"""
-    pr = r["per_run"]
-    a, late = pr["alpha"].to_numpy(float), pr["late_alpha"].to_numpy(float)
+    b = r["bottom_line"]
     size = next((h for h in r["hypotheses"] if h.id == "size-early"), None)
-    words = (f"**Bottom line.** Whole-range α: median {fmt_num(np.nanmedian(a))} over {np.isfinite(a).sum()} runs "
-             f"({int(np.sum(a < 0.5))} below 1/2); late-window α below 1/2 in {int(np.sum(late < 0.5))} of "
-             f"{int(np.isfinite(late).sum())} runs. ")
-    if np.nanmedian(a) >= 0.5:
+    words = (f"**Bottom line.** Whole-range α: median {_med(b['alpha'])} over {b['alpha'].n} runs "
+             f"({b['n_alpha_below_half']} below 1/2); late-window α below 1/2 in {b['n_late_below_half']} of "
+             f"{b['n_late']} runs. ")
+    if b["alpha"].n and b["alpha"].median >= 0.5:
         words += ("These runs have not left the super-diffusive start within the training budget, so d_s = 2λα (λ > 0) "
                   "exceeds λ and H2/H3 fail here; the paper's runs were longer (see Methods). ")
     if size is not None:

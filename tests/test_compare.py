@@ -1,6 +1,8 @@
 """python -m sgdbayes.compare STUDY and the readable variant folder names."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sgdbayes.compare import compare_table, config_differences, find_variants, main, write_compare
@@ -78,3 +80,22 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     _write(tmp_path, ["quick"], hyps=[_test("H1", 0.1, 0.0, 0.2)])
     assert main([STUDY, "--root", str(tmp_path)]) == 0
     assert read_results_json(tmp_path / "results.json")["study"] == STUDY
+
+
+def test_study_variant_folders_have_readable_names_and_compare_finds_them(tmp_path, monkeypatch):
+    from sgdbayes.runner.orchestrate import run_study
+
+    monkeypatch.chdir(tmp_path)
+    sets = ["arch.rows=[0]", "train.epochs=4", "llc_schedule.last=2"]
+    r1 = run_study(STUDY, ["quick"], sets=sets, device="cpu", log=lambda m: None)
+    more = [*sets, "llc.num_draws=5", "llc_schedule.every=10", "train.lr=0.02"]
+    r2 = run_study(STUDY, ["quick"], sets=more, device="cpu", log=lambda m: None)
+    base = Path("reports") / STUDY / "variants"  # relative to the working folder
+    assert r1.report.parent == base / "quick+arch.rows=[0]+llc_schedule.last=2+train.epochs=4"
+    d2 = r2.report.parent
+    assert d2.parent == base and d2.name.startswith("quick+arch.rows=[0]+llc.num_draws=5") and d2 != r1.report.parent
+    assert len(d2.name) == 80 and d2.name.endswith("-" + r2.config_hash[:8])  # long: cut, hash appended
+    assert main([STUDY]) == 0
+    text = (tmp_path / "reports" / STUDY / "compare.md").read_text()
+    assert f"`{r1.report.parent.name}`" in text and f"`{r2.report.parent.name}`" in text and "`train.lr`: 0.05 → 0.02" in text
+    assert f"`{d2.name}`" in text

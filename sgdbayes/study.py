@@ -11,6 +11,9 @@ preset or key, wrong value type or range, unusable --out), 1 if a stage fails
 or another process keeps the output locked (finished stages stay cached;
 rerunning resumes from the first unfinished stage), 130 on Ctrl-C.
 
+    python -m sgdbayes.study posterior_concentration --executor ray --shard-size 50
+    python -m sgdbayes.study ablations --executor slurm --set executor.partition=gpu --set executor.gpus_per_worker=1
+
 See docs/run_a_study.md.
 """
 from __future__ import annotations
@@ -48,6 +51,14 @@ output folder:
   written there (report.md, results.json, figures/, cache/); nothing else is removed. While a
   run writes DIR it holds an OS file lock; a second run into DIR waits (see --lock-timeout).
   Details: docs/run_a_study.md.
+
+executors:
+  Training ensembles and estimating λ̂ of solutions run as shards of seeds, each one batched
+  computation: --executor local (this process), ray or slurm; --shard-size N seeds per shard.
+  Settings: the [executor] section (--set executor.retries=3, executor.address=auto,
+  executor.partition=..., executor.time_min=..., executor.gpus_per_worker=1, ...), never part of
+  the cache key. A failed shard is retried (executor.retries, default 2); finished shards are
+  cached, so a rerun computes only the missing ones. Details: docs/scale_out.md.
 """
 
 
@@ -77,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU intra-op threads; 0 (default) = automatic: 1, because sgdbayes already "
                         "runs seeds and SGLD chains in one worker thread per core. Not part of the cache "
                         "key; recorded in the report")
+    p.add_argument("--executor", choices=["local", "ray", "slurm"], default=None,
+                   help="where the sharded stages (training, λ̂ of solutions) run: local = this process "
+                        "(default), ray = a Ray cluster (pip install 'sgdbayes[ray]'), slurm = submitit jobs "
+                        "(pip install 'sgdbayes[slurm]'); options: --set executor.KEY=VALUE. Numbers are "
+                        "identical on every executor; not part of the cache key. See docs/scale_out.md")
+    p.add_argument("--shard-size", type=int, metavar="N", default=None,
+                   help="seeds per shard of a sharded stage (default 0 = one shard per cell, i.e. the whole "
+                        "ensemble as one batched computation); finished shards are cached, so a rerun "
+                        "computes only the missing ones")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output directory for report.md, results.json and figures/ "
                         "(default: reports/NAME/ for the default preset, reports/NAME/variants/<label>/ "
@@ -131,6 +151,7 @@ def _install_interrupt_handler() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from .outdir import BusyError, OutputDirError
+    from .runner.executors import ShardFailed
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -153,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(str(exc)) from None
         _install_interrupt_handler()
         result = run_study(args.study, presets=presets, sets=args.sets, seeds=args.seeds, device=args.device,
-                           out=args.out, force=args.force, threads=args.threads, lock_timeout=args.lock_timeout)
+                           out=args.out, force=args.force, threads=args.threads, lock_timeout=args.lock_timeout,
+                           executor=args.executor, shard_size=args.shard_size)
     except (ConfigError, OutputDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ShardFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except BusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 report contents, and every number of the report's main tables against results.json."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -10,7 +11,7 @@ import pytest
 
 from sgdbayes.pipelines import posterior_concentration as pc
 from sgdbayes.reporting.toolkit import read_results_json
-from sgdbayes.runner.orchestrate import Stage, run_study
+from sgdbayes.runner.orchestrate import run_study
 from sgdbayes.stats.concentration import convergence_filter
 from sgdbayes.stats.results import HypothesisTest, Verdict
 
@@ -31,7 +32,7 @@ def quick_run(tmp_path_factory):
     def boom(ctx):
         raise _Interrupt("simulated kill during sgld")
 
-    mp.setattr(pc, "STAGES", [Stage(s.name, boom if s.name == "sgld" else s.run, s.description)
+    mp.setattr(pc, "STAGES", [dataclasses.replace(s, run=boom, shard=None) if s.name == "sgld" else s
                               for s in pc.STAGES])
     with pytest.raises(_Interrupt):
         run_study(PC, ["quick"], out=out, device="cpu", log=logs.append)

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._ensemble_arrays import ensemble_arrays
+from ._ensemble_arrays import ENSEMBLE_ROWS, ensemble_arrays
 from .sections import FitConfig
 
-__all__ = ["parse_layers", "llc_training_hook", "train_cell", "fit_runs", "h7_tests"]
+__all__ = ["parse_layers", "llc_training_hook", "train_cell", "cell_partial", "fit_runs", "h7_tests"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -149,6 +149,18 @@ def train_cell(data, ecfg, llc=None, every: int = 100) -> dict[str, Any]:
         out["llc_trend_flags"] = int(df["trend_flag"].astype(bool).sum())
         out["llc_n_estimates"] = int((~df["skipped"].astype(bool)).sum())
     return out
+
+
+def cell_partial(out: dict[str, Any], shared: dict[str, Any] | None = None):
+    """:func:`train_cell`'s outputs for some seeds of a cell as a shard's
+    :class:`~sgdbayes.runner.shards.Partial` (per-seed rows; counts and seconds summed over shards;
+    the step grids, sizes and ``shared`` the same in every shard); ``Partial.flat()`` gives
+    ``train_cell``'s dict back."""
+    from ..runner.shards import Partial
+
+    rows = [*ENSEMBLE_ROWS, *(k for k in ("llc", "llc_std") if k in out)]
+    totals = [k for k in ("wall_s", "llc_trend_flags", "llc_n_estimates") if k in out]
+    return Partial.split({**out, **(shared or {})}, rows=rows, totals=totals)
 
 
 # --------------------------------------------------------------------------- fits

@@ -7,7 +7,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ensemble_arrays", "divergence_flags", "divergence_summary"]
+__all__ = ["ENSEMBLE_ROWS", "ensemble_arrays", "divergence_flags", "divergence_summary"]
+
+#: the per-seed outputs of :func:`ensemble_arrays` (the rows of a training shard; the rest is shared)
+ENSEMBLE_ROWS = ("seeds", "displacement", "train_loss_curve", "final_train_loss", "final_train_acc",
+                 "final_test_loss", "final_test_acc", "diverged", "diverged_step")
 
 
 def ensemble_arrays(res, displacement_dtype=np.float64) -> dict[str, Any]:

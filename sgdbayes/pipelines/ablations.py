@@ -25,10 +25,11 @@ import pandas as pd
 
 from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
+from ..runner.shards import Partial, Sharding, ShardTask
 from ..runner.typed import StudyConfig
 from ..sampling import LLCConfig
 from ..stats.verdicts import test_h1_h3
-from ._diffusion_common import fit_runs, h7_tests, train_cell
+from ._diffusion_common import cell_partial, fit_runs, h7_tests, train_cell
 from ._ensemble_arrays import divergence_summary
 from .sections import BootstrapConfig, FitConfig, H7Config, LLCSchedule, MNISTFamilyData, ModelConfig, ReportConfig
 
@@ -127,48 +128,63 @@ def grid_cells(grid: GridConfig) -> list[dict]:
 
 
 def _cell_ensemble(data_cfg: MNISTFamilyData, model: ModelConfig, grid: GridConfig, cell: dict, n_train: int,
-                   device: str):
+                   device: str, seeds: tuple[int, ...]):
     from ..engine import EnsembleConfig
 
     steps = grid.steps or grid.epochs * (n_train // cell["batch_size"])
     return EnsembleConfig(
         dataset=data_cfg.name, dataset_options=data_cfg.dataset_options(), widths=model.widths(),
         optimizer=cell["optimizer"], lr=cell["lr"], momentum=cell["momentum"] if cell["optimizer"] == "sgd" else 0.0,
-        batch_size=cell["batch_size"], steps=int(steps), seeds=tuple(range(grid.seed_offset, grid.seed_offset + grid.seeds)),
-        record_every=grid.record_every, record_log_points=100, device=device, progress=False,
+        batch_size=cell["batch_size"], steps=int(steps), seeds=seeds, record_every=grid.record_every,
+        record_log_points=100, device=device, progress=False,
     )
 
 
-def stage_train(ctx: StageContext) -> dict[str, Any]:
+def train_cells(ctx: StageContext):
+    """The grid's cells, ``grid.seeds`` seeds each (ids from ``grid.seed_offset``)."""
+    g = ctx.config.grid
+    seeds = tuple(range(g.seed_offset, g.seed_offset + g.seeds))
+    return [(ci, seeds) for ci in range(len(grid_cells(g)))]
+
+
+def train_shard(task: ShardTask) -> Partial:
+    """Some seeds of one grid cell with λ̂ along training, as one batched computation."""
+    c = task.config
+    data = c.data.load(task.device)
+    ecfg = _cell_ensemble(c.data, c.model, c.grid, grid_cells(c.grid)[task.cell], data.n_train, task.device,
+                          task.seeds)
+    facts = {"n_train": data.n_train, "n_test": int(data.x_test.shape[0]), "n_features": data.n_features,
+             "data_meta": {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))},
+             "steps_total": int(ecfg.steps)}
+    return cell_partial(train_cell(data, ecfg, c.llc, c.llc_schedule.every), facts)
+
+
+def train_merge(ctx: StageContext, parts: list[Partial]) -> dict[str, Any]:
+    """The runs table (cell x seed) and one displacement / λ̂ array per cell."""
     c = ctx.config
-    data = c.data.load(ctx.device)
-    S, off = c.grid.seeds, c.grid.seed_offset
     rows: dict[str, list] = {k: [] for k in ("cell", "seed", "optimizer", "label", "family", "momentum", "lr",
                                              "batch_size", "steps_total", "test_acc", "train_acc", "diverged",
                                              "diverged_step")}
-    curves, llcs, grids, cell_wall = [], [], [], []
-    for ci, cell in enumerate(grid_cells(c.grid)):
-        ecfg = _cell_ensemble(c.data, c.model, c.grid, cell, data.n_train, ctx.device)
-        res = train_cell(data, ecfg, c.llc, c.llc_schedule.every)
-        for k in range(S):
-            rows["cell"].append(ci); rows["seed"].append(off + k)
+    cells = [p.flat() for p in parts]
+    for ci, (cell, res) in enumerate(zip(grid_cells(c.grid), cells)):
+        for k, seed in enumerate(res["seeds"]):
+            rows["cell"].append(ci); rows["seed"].append(int(seed))
             for key in ("optimizer", "label", "family", "momentum", "lr", "batch_size"):
                 rows[key].append(cell[key])
-            rows["steps_total"].append(int(ecfg.steps))
+            rows["steps_total"].append(int(res["steps_total"]))
             rows["test_acc"].append(float(res["final_test_acc"][k])); rows["train_acc"].append(float(res["final_train_acc"][k]))
             rows["diverged"].append(bool(res["diverged"][k])); rows["diverged_step"].append(int(res["diverged_step"][k]))
-        curves.append(res["displacement"]); llcs.append(res["llc"]); grids.append(res["steps"])
-        cell_wall.append(res["wall_s"])
-        ctx.log(f"    cell {ci}: {cell['label']} lr {cell['lr']:g} B {cell['batch_size']}: {ecfg.steps} steps, test acc "
-                f"{np.nanmean(res['final_test_acc']):.3f}, {int(res['diverged'].sum())} diverged, {res['wall_s']:.1f} s")
-    out: dict[str, Any] = {"runs": rows, "cell_wall_s": np.asarray(cell_wall), "nbeta": float(res["nbeta"]),
-                           "n_params": int(res["n_params"]), "widths": res["widths"], "n_train": data.n_train,
-                           "n_test": int(data.x_test.shape[0]), "n_features": data.n_features,
-                           "data_meta": {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))},
+        ctx.log(f"    cell {ci}: {cell['label']} lr {cell['lr']:g} B {cell['batch_size']}: {res['steps_total']} steps, "
+                f"test acc {np.nanmean(res['final_test_acc']):.3f}, {int(res['diverged'].sum())} diverged, "
+                f"{res['wall_s']:.1f} s")
+    last = cells[-1]
+    out: dict[str, Any] = {"runs": rows, "cell_wall_s": np.asarray([r["wall_s"] for r in cells]),
+                           "nbeta": float(last["nbeta"]), "n_params": int(last["n_params"]), "widths": last["widths"],
+                           **{k: last[k] for k in ("n_train", "n_test", "n_features", "data_meta")},
                            "divergence": divergence_summary(rows["diverged"], rows["diverged_step"],
                                                             [f"c{ci}/s{s}" for ci, s in zip(rows["cell"], rows["seed"])])}
-    for i, (g, d, l) in enumerate(zip(grids, curves, llcs)):
-        out[f"steps_{i}"], out[f"disp_{i}"], out[f"llc_{i}"] = g, d, l
+    for i, res in enumerate(cells):
+        out[f"steps_{i}"], out[f"disp_{i}"], out[f"llc_{i}"] = res["steps"], res["displacement"], res["llc"]
     return out
 
 
@@ -273,7 +289,8 @@ def _no_run_left(ctx: StageContext):
 
 
 STAGES = [
-    Stage("train", stage_train, "train every optimizer x lr x batch cell with λ̂ along training"),
+    Stage("train", description="train every optimizer x lr x batch cell with λ̂ along training",
+          shard=Sharding(train_cells, train_shard, train_merge)),
     Stage("analysis", stage_analysis, "d_s, λ per run; App-H table; correlations; H6; H1-H3, H7",
           skip=_no_run_left),
 ]

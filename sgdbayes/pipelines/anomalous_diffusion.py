@@ -12,18 +12,19 @@ Report: :mod:`sgdbayes.reporting.anomalous_diffusion`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
+from ..runner.shards import Partial, Sharding, ShardTask
 from ..runner.typed import StudyConfig
 from ..stats.summaries import summarize
 from ..stats.verdicts import test_crossover, test_h1_h3
 from ._diffusion_common import fit_runs
-from ._ensemble_arrays import divergence_summary, ensemble_arrays
+from ._ensemble_arrays import ENSEMBLE_ROWS, divergence_summary, ensemble_arrays
 from .sections import CurvesReport, FitConfig, ModelConfig, MoonsData, TrainConfig, sgd_ensemble
 
 __all__ = ["CONFIG", "AnomalousDiffusionConfig", "AnalysisConfig", "STAGES", "write_report", "local_slopes"]
@@ -86,19 +87,29 @@ def local_slopes(steps: np.ndarray, R: np.ndarray, halfwidth: float, n_points: i
 
 # --------------------------------------------------------------------------- stage 1
 
-def stage_train(ctx: StageContext) -> dict[str, Any]:
+def train_cells(ctx: StageContext):
+    """One cell: the ensemble's seeds."""
+    return [(0, ctx.config.train.seed_list())]
+
+
+def train_shard(task: ShardTask) -> Partial:
+    """Some seeds of the moons ensemble as one batched computation (the data is rebuilt from the config)."""
     from ..engine import train_ensemble
 
-    c = ctx.config
-    res = train_ensemble(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, ctx.device))
-    fin = res.final
-    arrays = ensemble_arrays(res)
-    ctx.log(f"    {len(res.seeds)} runs, train acc {fin['train_acc'].mean():.3f}, {int(arrays['diverged'].sum())} diverged")
-    return {
-        **arrays,
-        "divergence": divergence_summary(arrays["diverged"], arrays["diverged_step"], [f"seed {s}" for s in arrays["seeds"]]),
-        "engine_s": float(res.meta.get("elapsed_s", float("nan"))),
-    }
+    c = task.config
+    ecfg = replace(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, task.device), seeds=task.seeds,
+                   workers=task.engine_workers(hooks=False))
+    res = train_ensemble(ecfg)
+    return Partial.split({**ensemble_arrays(res), "engine_s": float(res.meta.get("elapsed_s", float("nan")))},
+                         rows=ENSEMBLE_ROWS, totals=("engine_s",))
+
+
+def train_merge(ctx: StageContext, cells: list[Partial]) -> dict[str, Any]:
+    arrays = cells[0].flat()
+    ctx.log(f"    {np.size(arrays['seeds'])} runs, train acc {np.mean(arrays['final_train_acc']):.3f}, "
+            f"{int(arrays['diverged'].sum())} diverged")
+    labels = [f"seed {s}" for s in arrays["seeds"]]
+    return {**arrays, "divergence": divergence_summary(arrays["diverged"], arrays["diverged_step"], labels)}
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -199,7 +210,7 @@ def _no_run_left(ctx: StageContext):
 
 
 STAGES = [
-    Stage("train", stage_train, "train the moons SGD ensemble"),
+    Stage("train", description="train the moons SGD ensemble", shard=Sharding(train_cells, train_shard, train_merge)),
     Stage("analysis", stage_analysis, "per-run diffusion fits, H1, mean curve, local slope, crossover",
           skip=_no_run_left),
 ]

@@ -18,14 +18,16 @@ converged, ``analysis.reference_max_rhat`` / ``reference_min_ess``); this module
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..runner.orchestrate import Stage, StageContext
+from ..runner.shards import Partial, Sharding, ShardTask
 from ..stats.concentration import convergence_filter
-from ._ensemble_arrays import divergence_summary, ensemble_arrays
+from ._ensemble_arrays import ENSEMBLE_ROWS, divergence_summary, ensemble_arrays
 from .posterior_concentration_config import (
     AnalysisConfig,
     ClusterConfig,
@@ -110,16 +112,34 @@ def select_sgld_starts(loss: np.ndarray, llc: np.ndarray, labels: np.ndarray, n_
 
 # --------------------------------------------------------------------------- stage 1: train
 
-def stage_train(ctx: StageContext) -> dict[str, Any]:
+def train_cells(ctx: StageContext):
+    """One cell: the ensemble's seeds."""
+    return [(0, ctx.config.train.seed_list())]
+
+
+def train_shard(task: ShardTask) -> Partial:
+    """Some seeds of the ensemble as one batched computation (the data is rebuilt from the config)."""
     from ..engine import train_ensemble
 
+    c = task.config
+    ecfg = replace(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, task.device), seeds=task.seeds,
+                   workers=task.engine_workers(hooks=False))
+    res = train_ensemble(ecfg)
+    out = {**ensemble_arrays(res, displacement_dtype=np.float32),
+           "w_final": res.w_final.detach().cpu().numpy().astype(np.float32),
+           "engine_meta": {k: v for k, v in (res.meta or {}).items() if isinstance(v, (int, float, str, bool))}}
+    return Partial.split(out, rows=(*ENSEMBLE_ROWS, "w_final"), first=("engine_meta",))
+
+
+def train_merge(ctx: StageContext, cells: list[Partial]) -> dict[str, Any]:
+    """The plateau filter over the merged ensemble (it needs every run: convergence.min_runs)."""
     c = ctx.config
-    res = train_ensemble(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, ctx.device))
-    fin = res.final
-    K = len(res.seeds)
-    plateau = convergence_filter(res.steps, res.train_loss, c.convergence.window, c.convergence.rel_tol)
+    arrays = cells[0].flat()
+    engine_meta = arrays.pop("engine_meta")
+    K = int(np.size(arrays["seeds"]))
+    plateau = convergence_filter(arrays["steps"], arrays["train_loss_curve"], c.convergence.window,
+                                 c.convergence.rel_tol)
     rel, passed = plateau.rel_drop, plateau.passed
-    arrays = ensemble_arrays(res, displacement_dtype=np.float32)
     diverged = arrays["diverged"]
     passed &= ~diverged
     n_pass = int(passed.sum())
@@ -133,16 +153,15 @@ def stage_train(ctx: StageContext) -> dict[str, Any]:
                          f"not applied: only {n_pass} runs passed (< convergence.min_runs = "
                          f"{c.convergence.min_runs}); all non-diverged runs kept")
     ctx.log(f"    {K} runs, {n_pass} pass the plateau filter; filter {filter_status}; "
-            f"train acc {fin['train_acc'].mean():.3f}; {int(diverged.sum())} diverged")
+            f"train acc {np.mean(arrays['final_train_acc']):.3f}; {int(diverged.sum())} diverged")
     return {
         **arrays,
         "divergence": divergence_summary(diverged, arrays["diverged_step"], [f"seed {s}" for s in arrays["seeds"]]),
         "rel_drop": rel,
         "passed": passed,
         "used": used,
-        "w_final": res.w_final.detach().cpu().numpy().astype(np.float32),
         "filter_status": filter_status,
-        "engine_meta": {k: v for k, v in (res.meta or {}).items() if isinstance(v, (int, float, str, bool))},
+        "engine_meta": engine_meta,
     }
 
 
@@ -156,36 +175,65 @@ def _scatter(values: np.ndarray, at: np.ndarray, K: int, fill) -> np.ndarray:
     return out
 
 
-def stage_llc(ctx: StageContext) -> dict[str, Any]:
-    """λ̂ of every run that did not diverge (a diverged run's frozen weights have no finite loss;
-    its λ̂ is NaN). Chains are keyed by the run's seed, so the others' estimates do not change."""
+def llc_cells(ctx: StageContext):
+    """One cell: the runs that did not diverge (a diverged run's frozen weights have no finite loss)."""
+    tr = ctx["train"]
+    return [(0, tr["seeds"][~np.asarray(tr["diverged"], bool)])]
+
+
+def llc_inputs(ctx: StageContext, cell: int, seeds: tuple[int, ...]) -> dict:
+    """The final weights of the shard's runs."""
+    tr = ctx["train"]
+    row = {int(s): i for i, s in enumerate(tr["seeds"])}
+    return {"w_final": tr["w_final"][[row[s] for s in seeds]]}
+
+
+LLC_ROWS = ("llc", "llc_std", "llc_per_chain", "trend_z", "trend_rel", "trend_flag", "init_loss", "all_diverged",
+            "n_diverged", "loss_traces")
+
+
+def llc_shard(task: ShardTask) -> Partial:
+    """λ̂ of some runs as one batched computation; chains are keyed by the run's seed, so a run's
+    estimate does not depend on the other runs of its shard."""
     from ..sampling import estimate_llc
 
-    tr = ctx["train"]
-    data = _dataset(ctx)
-    spec = _spec(ctx, data)
+    c = task.config
+    data = c.data.load("cpu")
+    spec = c.model.spec(data.n_features, data.n_classes)
+    w = torch.from_numpy(np.array(task.inputs["w_final"])).to(task.device)  # a copy: Ray hands out read-only arrays
+    r = estimate_llc(w, (data.x_train.to(task.device), data.y_train.to(task.device)), spec=spec, config=c.llc,
+                     model_ids=list(task.seeds), progress=task.progress)
+    out = {k: getattr(r, k) for k in LLC_ROWS}
+    out.update(nbeta=float(r.nbeta), nbeta_rule=r.config.nbeta_rule(), trend_z_threshold=float(r.config.trend_z),
+               settings={k: v for k, v in r.settings().items() if isinstance(v, (int, float, str, bool, type(None)))},
+               wall_s=float(r.wall_s))
+    return Partial.split(out, rows=LLC_ROWS, totals=("wall_s",))
+
+
+def llc_merge(ctx: StageContext, cells: list[Partial]) -> dict[str, Any]:
+    """λ̂ of every run that did not diverge, placed among all K runs (a diverged run's λ̂ is NaN)."""
+    tr, r = ctx["train"], cells[0].flat()
     K = int(np.size(tr["seeds"]))
     ok = np.flatnonzero(~np.asarray(tr["diverged"], bool))
-    w = torch.as_tensor(tr["w_final"][ok]).to(ctx.device)
-    r = estimate_llc(w, (data.x_train.to(ctx.device), data.y_train.to(ctx.device)), spec=spec,
-                     config=ctx.config.llc, model_ids=[int(s) for s in tr["seeds"][ok]])
-    ctx.log(f"    nβ = {r.nbeta:.4g}; λ̂ mean {np.nanmean(r.llc):.3g}; {int(r.negative.sum())} negative; "
-            f"{int(r.trend_flag.sum())} trend-flagged; {K - ok.size} diverged runs skipped; {r.wall_s:.1f} s")
+    negative = int(np.sum(np.isfinite(r["llc"]) & (r["llc"] < 0)))
+    ctx.log(f"    nβ = {r['nbeta']:.4g}; λ̂ mean {np.nanmean(r['llc']):.3g}; {negative} negative; "
+            f"{int(r['trend_flag'].sum())} trend-flagged; {K - ok.size} diverged runs skipped; "
+            f"{r['wall_s']:.1f} s")
     return {
-        "llc": _scatter(r.llc.astype(float), ok, K, np.nan),
-        "llc_std": _scatter(r.llc_std.astype(float), ok, K, np.nan),
-        "llc_per_chain": _scatter(r.llc_per_chain.astype(float), ok, K, np.nan),
-        "trend_z": _scatter(r.trend_z.astype(float), ok, K, np.nan),
-        "trend_rel": _scatter(r.trend_rel.astype(float), ok, K, np.nan),
-        "trend_flag": _scatter(r.trend_flag, ok, K, False),
-        "init_loss": _scatter(r.init_loss.astype(float), ok, K, np.nan),
-        "all_diverged": _scatter(r.all_diverged, ok, K, False),
-        "n_diverged_chains": _scatter(r.n_diverged.astype(np.int64), ok, K, 0),
-        "loss_trace_mean": np.nanmean(r.loss_traces, axis=(0, 1)).astype(float),
-        "nbeta": float(r.nbeta),
-        "nbeta_rule": r.config.nbeta_rule(),
-        "settings": {k: v for k, v in r.settings().items() if isinstance(v, (int, float, str, bool, type(None)))},
-        "trend_z_threshold": float(r.config.trend_z),
+        "llc": _scatter(r["llc"].astype(float), ok, K, np.nan),
+        "llc_std": _scatter(r["llc_std"].astype(float), ok, K, np.nan),
+        "llc_per_chain": _scatter(r["llc_per_chain"].astype(float), ok, K, np.nan),
+        "trend_z": _scatter(r["trend_z"].astype(float), ok, K, np.nan),
+        "trend_rel": _scatter(r["trend_rel"].astype(float), ok, K, np.nan),
+        "trend_flag": _scatter(r["trend_flag"], ok, K, False),
+        "init_loss": _scatter(r["init_loss"].astype(float), ok, K, np.nan),
+        "all_diverged": _scatter(r["all_diverged"], ok, K, False),
+        "n_diverged_chains": _scatter(r["n_diverged"].astype(np.int64), ok, K, 0),
+        "loss_trace_mean": np.nanmean(r["loss_traces"], axis=(0, 1)).astype(float),
+        "nbeta": r["nbeta"],
+        "nbeta_rule": r["nbeta_rule"],
+        "settings": r["settings"],
+        "trend_z_threshold": r["trend_z_threshold"],
     }
 
 
@@ -342,8 +390,9 @@ def _no_run_left(ctx: StageContext):
 
 
 STAGES = [
-    Stage("train", stage_train, "train the SGD ensemble"),
-    Stage("llc", stage_llc, "estimate λ̂ of every solution", skip=_no_run_left),
+    Stage("train", description="train the SGD ensemble", shard=Sharding(train_cells, train_shard, train_merge)),
+    Stage("llc", description="estimate λ̂ of every solution", skip=_no_run_left,
+          shard=Sharding(llc_cells, llc_shard, llc_merge, inputs=llc_inputs)),
     Stage("cluster", stage_cluster, "cluster solutions in function space", skip=_no_run_left),
     Stage("sgld", stage_sgld, "posterior SGLD from the best solutions", skip=_no_run_left),
     Stage("analysis", stage_analysis, "ξ sweep, tempering, Table 2, verdicts", skip=_no_run_left),

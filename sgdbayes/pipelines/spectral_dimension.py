@@ -23,11 +23,12 @@ import pandas as pd
 
 from .._validation import check_int
 from ..runner.orchestrate import Stage, StageContext
+from ..runner.shards import Partial, Sharding, ShardTask
 from ..runner.typed import StudyConfig
 from ..sampling import LLCConfig
 from ..stats.summaries import llc_summaries, summarize
 from ..stats.verdicts import test_h1_h3
-from ._diffusion_common import fit_runs, h7_tests, parse_layers, train_cell
+from ._diffusion_common import cell_partial, fit_runs, h7_tests, parse_layers, train_cell
 from ._ensemble_arrays import divergence_summary
 from .sections import (
     BootstrapConfig,
@@ -109,33 +110,65 @@ def table7_architectures(rows: list[int]) -> pd.DataFrame:
     return t7
 
 
-def stage_train(ctx: StageContext) -> dict[str, Any]:
-    c = ctx.config
+def train_cells(ctx: StageContext):
+    """One cell: the ensemble's seeds."""
+    return [(0, ctx.config.train.seed_list())]
+
+
+def _data_facts(data) -> dict[str, Any]:
+    return {"data_meta": {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))},
+            "n_train": data.n_train, "n_test": int(data.x_test.shape[0]), "n_features": data.n_features}
+
+
+def train_shard(task: ShardTask) -> Partial:
+    """Some seeds of the ensemble with λ̂ along training, as one batched computation."""
+    c = task.config
     data = c.data.load()
-    ecfg = sgd_ensemble(c.data, c.model, c.train, data.n_train, ctx.device)
-    out = train_cell(data.to(ctx.device), ecfg, c.llc, c.llc_schedule.every)
-    out["data_meta"] = {k: v for k, v in data.meta.items() if isinstance(v, (int, float, str, bool))}
-    out["n_train"], out["n_test"], out["n_features"] = data.n_train, int(data.x_test.shape[0]), data.n_features
-    out["total_steps"] = ecfg.steps
+    ecfg = replace(sgd_ensemble(c.data, c.model, c.train, data.n_train, task.device), seeds=task.seeds,
+                   workers=task.engine_workers(hooks=True))
+    out = train_cell(data.to(task.device), ecfg, c.llc, c.llc_schedule.every)
+    return cell_partial(out, {**_data_facts(data), "total_steps": ecfg.steps})
+
+
+def train_merge(ctx: StageContext, cells: list[Partial]) -> dict[str, Any]:
+    out = cells[0].flat()
     out["divergence"] = divergence_summary(out["diverged"], out["diverged_step"], [f"seed {s}" for s in out["seeds"]])
-    ctx.log(f"    {len(ecfg.seeds)} runs x {ecfg.steps} steps; test acc {np.nanmean(out['final_test_acc']):.3f}; "
-            f"λ̂ estimates {out['llc'].shape[1]} per run; {out['wall_s']:.1f} s")
+    ctx.log(f"    {np.size(out['seeds'])} runs x {out['total_steps']} steps; test acc "
+            f"{np.nanmean(out['final_test_acc']):.3f}; λ̂ estimates {out['llc'].shape[1]} per run; {out['wall_s']:.1f} s")
     return out
 
 
-def stage_sweep(ctx: StageContext) -> dict[str, Any]:
+def _sweep_train(c) -> TrainConfig:
+    return replace(c.train, seeds=c.sweep.seeds, steps=0, epochs=c.sweep.epochs)
+
+
+def sweep_cells(ctx: StageContext):
+    """One cell per Table-7 architecture, ``sweep.seeds`` seeds each (none when the sweep is off)."""
+    c = ctx.config
+    if not c.sweep.enabled:
+        return []
+    seeds = _sweep_train(c).seed_list()
+    return [(a, seeds) for a in range(len(table7_architectures(list(c.sweep.rows))))]
+
+
+def sweep_shard(task: ShardTask) -> Partial:
+    """Some seeds of one Table-7 architecture with λ̂ along training, as one batched computation."""
+    c = task.config
+    data = c.data.load(task.device)
+    hidden = table7_architectures(list(c.sweep.rows))["hidden"].iloc[task.cell]
+    base = sgd_ensemble(c.data, c.model, _sweep_train(c), data.n_train, task.device)
+    ecfg = replace(base, widths=(None, *hidden, None), seeds=task.seeds, workers=task.engine_workers(hooks=True))
+    return cell_partial(train_cell(data, ecfg, c.llc, c.llc_schedule.every), {"total_steps": base.steps})
+
+
+def sweep_merge(ctx: StageContext, parts: list[Partial]) -> dict[str, Any]:
     c = ctx.config
     if not c.sweep.enabled:
         return {"enabled": False}
-    data = c.data.load(ctx.device)
     t7 = table7_architectures(list(c.sweep.rows))
-    sweep_train = replace(c.train, seeds=c.sweep.seeds, steps=0, epochs=c.sweep.epochs)
-    base = sgd_ensemble(c.data, c.model, sweep_train, data.n_train, ctx.device)
-    cells = []
-    for i, r in t7.iterrows():
-        res = train_cell(data, replace(base, widths=(None, *r["hidden"], None)), c.llc, c.llc_schedule.every)
-        cells.append(res)
-        ctx.log(f"    Table 7 row {int(r['row'])}: {res['widths']} ({res['n_params']} params) {res['wall_s']:.1f} s")
+    cells = [p.flat() for p in parts]
+    for row, res in zip(t7["row"], cells):
+        ctx.log(f"    Table 7 row {int(row)}: {res['widths']} ({res['n_params']} params) {res['wall_s']:.1f} s")
     G = min(c["displacement"].shape[1] for c in cells)
     return {
         "enabled": True, "rows": t7["row"].to_numpy(np.int64), "layers_paper": list(t7["layers"]),
@@ -148,7 +181,7 @@ def stage_sweep(ctx: StageContext) -> dict[str, Any]:
         "final_test_acc": np.stack([c["final_test_acc"] for c in cells]),
         "final_train_acc": np.stack([c["final_train_acc"] for c in cells]),
         "diverged": np.stack([c["diverged"] for c in cells]),
-        "diverged_step": np.stack([c["diverged_step"] for c in cells]), "total_steps": base.steps,
+        "diverged_step": np.stack([c["diverged_step"] for c in cells]), "total_steps": cells[0]["total_steps"],
         "wall_s_per_arch": np.asarray([c["wall_s"] for c in cells]),
     }
 
@@ -293,8 +326,10 @@ def _no_run_left(ctx: StageContext):
 
 
 STAGES = [
-    Stage("train", stage_train, "train the identical-architecture ensemble with λ̂ along training"),
-    Stage("sweep", stage_sweep, "train the Table-7 architectures with λ̂ along training", skip=_no_run_left),
+    Stage("train", description="train the identical-architecture ensemble with λ̂ along training",
+          shard=Sharding(train_cells, train_shard, train_merge)),
+    Stage("sweep", description="train the Table-7 architectures with λ̂ along training", skip=_no_run_left,
+          shard=Sharding(sweep_cells, sweep_shard, sweep_merge)),
     Stage("analysis", stage_analysis, "per-run d_s, λ, λ̄; H1-H3, H7; regressions", skip=_no_run_left),
 ]
 

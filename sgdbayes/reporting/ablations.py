@@ -15,6 +15,7 @@ from .spectral_dimension import EQUIVALENCE_NOTE
 from .toolkit import (
     apply_style,
     divergence_sentence,
+    executor_sentence,
     header,
     md_table,
     methods_section,
@@ -192,7 +193,8 @@ def _methods(r: dict) -> str:
     timings = {**r["timing"], "report": {"wall_s": r["timing_report_s"], "device": r["device"], "cached": False}}
     return methods_section(cfg, seeds=f"{g['seed_offset']}..{g['seed_offset'] + g['seeds'] - 1} in every cell",
                            device=f"{r['device']} (torch CPU threads {r['torch_threads']})",
-                           executor="local (this process)", versions=r["versions"], timings=timings, notes=notes)
+                           executor=executor_sentence(r.get("executor")), versions=r["versions"], timings=timings,
+                           notes=notes)
 
 
 FIGURES = [("fig7_9_grid.png", "Mean d_s and λ per cell (Figs 7, 9)."),

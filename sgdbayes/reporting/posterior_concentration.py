@@ -15,6 +15,7 @@ from . import posterior_concentration_figures as F
 from .format import fmt_estimate, fmt_interval, fmt_num, fmt_p
 from .toolkit import (
     divergence_sentence,
+    executor_sentence,
     header,
     md_table,
     methods_section,
@@ -354,7 +355,7 @@ def _methods(r: dict) -> str:
     return methods_section(cfg, seeds=f"{tr['seed_offset']}..{tr['seed_offset'] + tr['seeds'] - 1}",
                            device=f"{r['device']} (torch CPU threads {r['torch_threads']}: seeds and SGLD chains "
                                   f"already run in one worker thread per core)",
-                           executor="local (this process)", versions=r["versions"], timings=timings,
+                           executor=executor_sentence(r.get("executor")), versions=r["versions"], timings=timings,
                            notes=_method_notes(r))
 
 

@@ -18,7 +18,8 @@
   only, ``results.json`` is written, and ``report.md`` is rendered from the file as read back, so
   the text can only show what ``results.json`` holds. :func:`write_skipped_report` is the report
   of a study whose later stages had nothing to work on; :func:`study_header` the keys every
-  study's results.json starts with; :func:`divergence_sentence` the "k of K runs diverged" line.
+  study's results.json starts with; :func:`divergence_sentence` the "k of K runs diverged" line;
+  :func:`executor_sentence` how the sharded stages were computed (Methods' executor line).
 
 Reports may call a stored Result's own vocabulary (``conf_int``, ``estimates``, ``to_frame``):
 those are the stats layer's numbers. They never compute a statistic of their own, refit a model
@@ -41,7 +42,8 @@ from .format import MISSING, fmt_estimate, fmt_level, fmt_num, fmt_p, fmt_pvalue
 __all__ = ["header", "verdict_table", "methods_section", "versions_table", "timings_table", "md_table",
            "package_versions", "save_figure", "write_text", "write_results_json", "read_results_json", "jsonable",
            "file_mode", "verdict_notes", "per_run_table", "summary_cell", "regressions_table", "apply_style", "study_header",
-           "stage_timings", "preset_label", "divergence_sentence", "write_study_report", "write_skipped_report"]
+           "stage_timings", "preset_label", "divergence_sentence", "write_study_report", "write_skipped_report",
+           "executor_summary", "executor_sentence"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -317,7 +319,37 @@ def study_header(ctx, packages: Iterable[str] = ()) -> dict:
     return {"study": ctx.study.name, "title": ctx.study.title, "presets": list(ctx.presets), "sets": list(ctx.sets),
             "config_hash": ctx.config_hash, "config": ctx.config_dict, "device": ctx.device,
             "torch_threads": "/".join(map(str, threads)) or MISSING,
-            "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": versions, "timing": timing}
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": versions, "timing": timing,
+            "executor": executor_summary(ctx)}
+
+
+def executor_summary(ctx) -> dict:
+    """``{stage: how it was computed}`` of the sharded stages (executor, shards, seeds, workers, retries),
+    as recorded when each stage was computed."""
+    return {s: dict(info["executor"]) for s, info in ctx.stage_info.items()
+            if not s.startswith("_") and isinstance(info.get("executor"), Mapping)}
+
+
+def executor_sentence(stages: Optional[Mapping[str, Mapping]]) -> str:
+    """The Methods' executor line from :func:`executor_summary` (docs/scale_out.md)."""
+    stages = dict(stages or {})
+    tail = ("Shards are merged by seed id; a seed's numbers do not depend on the shard, worker or executor "
+            "that computed it (docs/scale_out.md).")
+    if all(e.get("executor") == "local" and e.get("shards") == e.get("cells") for e in stages.values()):
+        return "local (this process; each sharded stage as one batched computation per cell)"
+    parts = []
+    for s, e in stages.items():
+        size = f"≤ {e['shard_size']} seeds each" if e.get("shard_size") else "one per cell"
+        text = f"`{s}` on {e.get('description')}: {e.get('shards')} shards ({size}) of {e.get('seeds')} seeds"
+        if e.get("computed"):
+            text += f", {e['computed']} computed on {e.get('workers')} worker(s)"
+        if e.get("reused"):
+            text += f", {e['reused']} reused from the cache of an interrupted run"
+        text += f", up to {e.get('retries')} retries per shard"
+        if e.get("retried"):
+            text += f" ({e['retried']} used)"
+        parts.append(text)
+    return "; ".join(parts) + ". Every other stage ran in this process. " + tail
 
 
 def preset_label(r: Mapping) -> str:

@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .typed import ConfigError, build_config, config_to_dict, get_path
+from .typed import ConfigError, build_config, build_section, config_to_dict, get_path
 
 try:  # Python >= 3.11
     import tomllib
@@ -49,6 +49,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ConfigError", "StudyDecl", "Preset", "list_studies", "load_study", "study_schema", "resolve_config",
+    "resolve_executor",
     "parse_set", "flatten", "config_hash", "hashed_config", "get_path", "config_to_dict",
 ]
 
@@ -185,34 +186,84 @@ def _layer(tables: dict, origins: dict, overrides: Mapping[str, Any], where: str
         origins[k] = where
 
 
-def resolve_config(decl: StudyDecl, presets: Iterable[str] | None = None,
-                   sets: Iterable[str | tuple[str, Any]] = (), seeds: int | None = None):
-    """base <- presets (in order) <- --seeds <- --set (in order), built into the typed config."""
-    schema = study_schema(decl)
-    presets = list(presets) if presets else [decl.default_preset]
+#: the runner's own section: where shards run (:class:`~sgdbayes.runner.executors.ExecutorConfig`);
+#: typed like every section, never part of the study's configuration nor of its cache key
+EXECUTOR_SECTION = "executor"
+
+
+def _tables(decl: StudyDecl, presets: list[str], sets: Iterable[str | tuple[str, Any]], seeds: int | None,
+            flags: Mapping[str, tuple[str, Any]] = {}, in_file: bool = False) -> tuple[dict, dict]:
+    """Nested tables and where each key came from: base <- presets <- --seeds and the executor flags
+    (``flags``: key -> (flag, value)) <- --set."""
+    tables, origins = copy.deepcopy(decl.base), {k: f"{Path(decl.source).name} [base]" for k in flatten(decl.base)}
     for p in presets:
-        if p not in decl.presets:
-            raise ConfigError(f"unknown preset {p!r} for study {decl.name!r}; "
-                              f"valid presets: {_valid_list(sorted(decl.presets))}")
-    base_where = f"{Path(decl.source).name} [base]"
-    for pname, pre in decl.presets.items():  # every declared preset must build on its own
-        tables, origins = copy.deepcopy(decl.base), {k: base_where for k in flatten(decl.base)}
-        _layer(tables, origins, pre.overrides, f"preset {pname!r} in {Path(decl.source).name}")
-        build_config(schema, tables, origins)
-    tables, origins = copy.deepcopy(decl.base), {k: base_where for k in flatten(decl.base)}
-    for p in presets:
-        _layer(tables, origins, decl.presets[p].overrides, f"preset {p!r}")
+        where = f" in {Path(decl.source).name}" if in_file else ""
+        _layer(tables, origins, decl.presets[p].overrides, f"preset {p!r}{where}")
     if seeds is not None:
         if not decl.seeds_key:
             raise ConfigError(f"study {decl.name!r} does not take --seeds")
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"--seeds must be an integer >= 1, got {seeds!r}")
         _layer(tables, origins, {decl.seeds_key: int(seeds)}, "--seeds")
+    for key, (flag, value) in flags.items():
+        _layer(tables, origins, {key: value}, flag)
     for s in sets:
         k, v = parse_set(s) if isinstance(s, str) else tuple(s)
         text = s.split("=", 1)[1].strip() if isinstance(s, str) else repr(v)
         _layer(tables, origins, {k: v}, f"--set {k}={text}")
-    return build_config(schema, tables, origins)
+    return tables, origins
+
+
+def _executor_section(tables: dict, origins: dict):
+    from .executors import ExecutorConfig
+
+    table = tables.get(EXECUTOR_SECTION, {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{EXECUTOR_SECTION} must be a table of keys (e.g. {EXECUTOR_SECTION}.name = \"ray\"), "
+                          f"got {table!r}")
+    return build_section(EXECUTOR_SECTION, ExecutorConfig, table, origins)
+
+
+def _build(schema, tables: dict, origins: dict):
+    """The typed study configuration; the ``[executor]`` section is checked and set aside."""
+    _executor_section(tables, origins)
+    return build_config(schema, {k: v for k, v in tables.items() if k != EXECUTOR_SECTION}, origins)
+
+
+def _check_presets(decl: StudyDecl, presets: list[str]) -> None:
+    for p in presets:
+        if p not in decl.presets:
+            raise ConfigError(f"unknown preset {p!r} for study {decl.name!r}; "
+                              f"valid presets: {_valid_list(sorted(decl.presets))}")
+
+
+def resolve_config(decl: StudyDecl, presets: Iterable[str] | None = None,
+                   sets: Iterable[str | tuple[str, Any]] = (), seeds: int | None = None):
+    """base <- presets (in order) <- --seeds <- --set (in order), built into the typed config.
+
+    ``executor.*`` keys (TOML or ``--set``) are checked here too but belong to
+    :func:`resolve_executor`, not to the study's configuration."""
+    schema = study_schema(decl)
+    presets = list(presets) if presets else [decl.default_preset]
+    _check_presets(decl, presets)
+    for pname in decl.presets:  # every declared preset must build on its own
+        _build(schema, *_tables(decl, [pname], (), None, in_file=True))
+    return _build(schema, *_tables(decl, presets, sets, seeds))
+
+
+def resolve_executor(decl: StudyDecl, presets: Iterable[str] | None = None,
+                     sets: Iterable[str | tuple[str, Any]] = (), name: str | None = None,
+                     shard_size: int | None = None):
+    """The ``[executor]`` section (:class:`~sgdbayes.runner.executors.ExecutorConfig`): base <- presets
+    <- ``--executor`` / ``--shard-size`` <- ``--set executor.*``."""
+    presets = list(presets) if presets else [decl.default_preset]
+    _check_presets(decl, presets)
+    flags = {}
+    if name is not None:
+        flags[f"{EXECUTOR_SECTION}.name"] = ("--executor", name)
+    if shard_size is not None:
+        flags[f"{EXECUTOR_SECTION}.shard_size"] = ("--shard-size", shard_size)
+    return _executor_section(*_tables(decl, presets, sets, None, flags))
 
 
 # --------------------------------------------------------------------------- cache key

@@ -32,6 +32,7 @@ the whole run (see :mod:`sgdbayes.outdir`); a second process waits for the first
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 import traceback
@@ -41,23 +42,45 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .cache import CacheEntryError, StageCache
-from .config import StudyDecl, config_hash, get_path, hashed_config, load_study, resolve_config
+from .config import (
+    EXECUTOR_SECTION,
+    StudyDecl,
+    config_hash,
+    get_path,
+    hashed_config,
+    load_study,
+    parse_set,
+    resolve_config,
+    resolve_executor,
+)
+from .device import configure_threads, resolve_device
+from .executors import Executor, ExecutorConfig, make_executor
 from .fingerprint import file_fingerprints, save_memo
+from .sharded import ShardRun, run_sharded_stage
+from .shards import Sharding
 from .typed import ConfigError, config_to_dict
 
-__all__ = ["Stage", "StageContext", "RunResult", "run_study", "resolve_device", "default_out_dir"]
+__all__ = ["Stage", "StageContext", "RunResult", "run_study", "resolve_device", "configure_threads",
+           "default_out_dir"]
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A named step of a study. ``skip(ctx)`` (optional) returns a reason when the stage has
+    """A named step of a study: ``run(ctx) -> outputs``, or ``shard`` (a
+    :class:`~sgdbayes.runner.shards.Sharding`) for a stage computed as shards of seeds on the run's
+    executor (docs/scale_out.md). ``skip(ctx)`` (optional) returns a reason when the stage has
     nothing to work on (e.g. every seed diverged); the stage's output is then
     ``{"skipped": reason}`` and the report says so."""
 
     name: str
-    run: Callable[["StageContext"], dict]
+    run: Optional[Callable[["StageContext"], dict]] = None
     description: str = ""
     skip: Optional[Callable[["StageContext"], Optional[str]]] = None
+    shard: Optional[Sharding] = None
+
+    def __post_init__(self):
+        if (self.run is None) == (self.shard is None):
+            raise ValueError(f"stage {self.name!r}: give exactly one of run= and shard=")
 
 
 @dataclass
@@ -97,45 +120,7 @@ class RunResult:
     computed: list[str]
     loaded: list[str]
     wall_s: float
-
-
-def resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for but torch.cuda.is_available() is False")
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def configure_threads(device: str, threads: int = 0) -> int:
-    """torch CPU threads for a study run (the one place a study sets them); returns the count.
-
-    ``threads > 0`` sets that many intra-op threads; ``threads == 0`` (automatic)
-    sets 1 on the CPU. sgdbayes parallelizes over models itself: the engine runs
-    chunks of seeds in worker threads and the SGLD sampler runs row shards in
-    worker threads, one per core, each with one torch thread; torch's OpenMP
-    threads on top of that oversubscribe the cores. Measured on the 2-core
-    machines this runs on: spectral_dimension's default preset took 79 s with
-    1 thread and had not finished after 10 minutes with 2; batched SGLD under
-    load ran 5x slower with 2 threads (14.7 s vs 2.7 s for 100 models x 40
-    steps). Inter-op threads are limited to 1. Threads change speed (and the
-    last bits of float sums), never the configuration: not part of the cache
-    key, recorded in the report.
-    """
-    import torch
-
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or parallel work has started in this process
-        pass
-    if device != "cpu":
-        return torch.get_num_threads()
-    torch.set_num_threads(int(threads) if threads > 0 else 1)
-    return torch.get_num_threads()
+    shards: dict[str, dict] = field(default_factory=dict)  # sharded stages computed now: executor, shards, workers
 
 
 def default_out_dir(decl: StudyDecl, presets: list[str], customised: bool, hash_: str,
@@ -168,7 +153,18 @@ def _mismatch(info: dict, expected: dict) -> str | None:
     return None
 
 
-def _run_stages(ctx: StageContext, stages: list[Stage], force: bool, threads: int, pipeline_config) -> tuple:
+def _compute(ctx: StageContext, st: Stage, expected: dict, threads: int, shard_run: ShardRun) -> tuple[dict, dict]:
+    """A stage's outputs and what its ``_done.json`` records about how they were computed."""
+    if st.shard is None:
+        return st.run(ctx), {"device": ctx.device, "torch_threads": threads}
+    outputs, how = run_sharded_stage(ctx, st, expected, shard_run)
+    threads_used = how.pop("torch_threads")
+    return outputs, {"device": "/".join(how.pop("devices")) or ctx.device,
+                     "torch_threads": threads_used[0] if len(threads_used) == 1 else threads, "executor": how}
+
+
+def _run_stages(ctx: StageContext, stages: list[Stage], force: bool, threads: int, pipeline_config,
+                shard_run: ShardRun) -> tuple:
     from .. import __version__
 
     computed, loaded = [], []
@@ -205,14 +201,14 @@ def _run_stages(ctx: StageContext, stages: list[Stage], force: bool, threads: in
         ctx.log(f"{tag} skipped: {reason}" if reason else f"{tag} {st.description} ...")
         t0 = time.perf_counter()
         try:
-            outputs = {"skipped": reason} if reason else st.run(ctx)
+            outputs, how = ({"skipped": reason}, {"device": ctx.device, "torch_threads": threads}) if reason else \
+                _compute(ctx, st, expected, threads, shard_run)
         except Exception:
             ctx.log(f"{tag} FAILED; finished stages stay cached, rerun to resume:\n{traceback.format_exc(limit=3)}")
             raise
         wall = time.perf_counter() - t0
         computations[st.name] = uuid.uuid4().hex
-        info = {"wall_s": wall, "device": ctx.device, "stage": st.name, "torch_threads": threads,
-                "identity": {**expected, "computation": computations[st.name]}}
+        info = {"wall_s": wall, "stage": st.name, **how, "identity": {**expected, "computation": computations[st.name]}}
         ctx.cache.save(st.name, outputs, info)
         ctx.outputs[st.name] = ctx.cache.load(st.name)  # downstream sees exactly what is cached
         ctx.stage_info[st.name] = {**info, "cached": False}
@@ -233,19 +229,25 @@ def run_study(
     cache_root: str | Path | None = None,
     log: Callable[[str], None] = print,
     lock_timeout: float = -1,
+    executor: str | ExecutorConfig | Executor | None = None,
+    shard_size: int | None = None,
 ) -> RunResult:
     """Resolve the configuration, check the output folder, run (or load) every stage, write the report.
 
-    Configuration errors (:class:`~sgdbayes.runner.typed.ConfigError`) and unusable output
-    folders (:class:`~sgdbayes.outdir.OutputDirError`) are raised before anything is written.
+    ``executor`` (``"local"``, ``"ray"``, ``"slurm"``, an :class:`~sgdbayes.runner.executors.ExecutorConfig`
+    or an :class:`~sgdbayes.runner.executors.Executor`; default: the ``[executor]`` section, i.e.
+    ``local``) runs the sharded stages, in shards of ``shard_size`` seeds (docs/scale_out.md); neither
+    is part of the cache key. Configuration errors (:class:`~sgdbayes.runner.typed.ConfigError`) and
+    unusable output folders (:class:`~sgdbayes.outdir.OutputDirError`) are raised before anything is written.
     """
     from ..outdir import OutputDir, hold_lock
 
     t_start = time.perf_counter()
     decl = load_study(name)
     presets = list(presets) if presets else [decl.default_preset]
-    sets = list(sets or [])
+    sets, exec_sets = _split_sets(list(sets or []))
     cfg = resolve_config(decl, presets, sets, seeds)
+    runner = _executor(decl, presets, exec_sets, executor, shard_size)
     dev = resolve_device(device)
     customised = bool(sets) or seeds is not None
     out_dir = Path(out) if out is not None else None
@@ -270,8 +272,13 @@ def run_study(
         log(f"[{decl.name}] presets={'+'.join(presets)} "
             f"seeds={get_path(cfg, decl.seeds_key) if decl.seeds_key else '-'} device={dev} config-hash={h}")
         n_threads = configure_threads(dev, threads)
-        log(f"[{decl.name}] cache: {cache.root}; torch threads: {n_threads}")
-        computed, loaded = _run_stages(ctx, list(pipeline.STAGES), force, n_threads, cfg)
+        log(f"[{decl.name}] cache: {cache.root}; torch threads: {n_threads}; executor: {runner.name}"
+            + (f", shards of {runner.config.shard_size} seeds" if runner.config.shard_size else ""))
+        try:
+            computed, loaded = _run_stages(ctx, list(pipeline.STAGES), force, n_threads, cfg,
+                                           ShardRun(runner, device, threads, reuse=not force))
+        finally:
+            runner.close()
         t0 = time.perf_counter()
         ctx.stage_info["_run"] = {"wall_s_before_report": time.perf_counter() - t_start}
         report = Path(pipeline.write_report(ctx))
@@ -279,7 +286,34 @@ def run_study(
     log(f"[report] written in {time.perf_counter() - t0:.1f} s")
     wall = time.perf_counter() - t_start
     log(f"[{decl.name}] done in {wall:.1f} s; report: {report}")
-    return RunResult(report, report.parent / "results.json", cache.root, h, computed, loaded, wall)
+    shards = {s: ctx.stage_info[s]["executor"] for s in computed if "executor" in ctx.stage_info[s]}
+    return RunResult(report, report.parent / "results.json", cache.root, h, computed, loaded, wall, shards)
+
+
+def _split_sets(sets: list) -> tuple[list, list]:
+    """``--set`` expressions of the study's configuration, and those of the ``[executor]`` section
+    (which never change a number: not part of the cache key, of the output folder's name or of the
+    report's list of overrides)."""
+    def is_exec(s) -> bool:
+        key = parse_set(s)[0] if isinstance(s, str) else s[0]
+        return key == EXECUTOR_SECTION or key.startswith(EXECUTOR_SECTION + ".")
+
+    return [s for s in sets if not is_exec(s)], [s for s in sets if is_exec(s)]
+
+
+def _executor(decl: StudyDecl, presets: list[str], sets: list, executor, shard_size: int | None) -> Executor:
+    """The run's executor from ``run_study``'s argument and the ``[executor]`` section (checked now:
+    a missing optional package is a ConfigError before any stage runs)."""
+    if isinstance(executor, Executor):
+        return executor
+    if isinstance(executor, ExecutorConfig):
+        cfg = executor if shard_size is None else dataclasses.replace(executor, shard_size=shard_size)
+    elif executor is None or isinstance(executor, str):
+        cfg = resolve_executor(decl, presets, sets, executor, shard_size)
+    else:
+        raise ConfigError(f"executor must be 'local', 'ray', 'slurm', an ExecutorConfig or an Executor, "
+                          f"got {type(executor).__name__}")
+    return make_executor(cfg)
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

@@ -6,7 +6,7 @@ architectures of Table 5, ``studies/cifar_residual.toml`` the five residual ones
 
 Stages (cached by :mod:`sgdbayes.runner`):
 
-1. ``train``    per architecture, ``train.seeds`` seeds as one batched ensemble (Xavier init, zero
+1. ``train``    per architecture (one cell of the sharded stage), ``train.seeds`` seeds as one batched ensemble (Xavier init, zero
                 bias, ReLU: :class:`sgdbayes.models.ConvNet` / :class:`sgdbayes.models.ResNet`), with
                 λ̂ every ``llc_schedule.every`` steps (LLC hook of the engine)
 2. ``analysis`` per run: final λ, λ̄, eq-17 fits (whole range = the paper's d_s, late window after
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -30,11 +30,12 @@ import pandas as pd
 
 from .._validation import check_choice, check_float, check_int, check_seed
 from ..runner.orchestrate import Stage, StageContext
+from ..runner.shards import Partial, Sharding, ShardTask
 from ..runner.typed import ConfigError, StudyConfig
 from ..sampling import LLCConfig
 from ..stats.summaries import llc_summaries, summarize
 from ..stats.verdicts import test_h1_h3
-from ._diffusion_common import fit_runs, train_cell
+from ._diffusion_common import cell_partial, fit_runs, train_cell
 from ._ensemble_arrays import divergence_summary
 from .sections import BootstrapConfig, CurvesReport, FitConfig, LLCSchedule, TrainConfig
 
@@ -165,7 +166,7 @@ class CifarStudyConfig(StudyConfig):
 CONFIG = CifarStudyConfig
 
 
-def _ensemble(c: CifarStudyConfig, channels: list[int], data, device: str):
+def _ensemble(c: CifarStudyConfig, channels: list[int], data, device: str, seeds):
     from ..engine import EnsembleConfig
 
     sizes: dict[str, Any] = {"kind": c.arch.family, "channels": tuple(channels),
@@ -177,19 +178,32 @@ def _ensemble(c: CifarStudyConfig, channels: list[int], data, device: str):
             else {"path": c.data.path, "n": c.data.n, "n_test": c.data.n_test, "seed": c.data.seed})
     return EnsembleConfig(dataset=c.data.name, dataset_options=opts, model=sizes, optimizer="sgd", lr=t.lr,
                           momentum=t.momentum, batch_size=t.batch_size, steps=t.n_steps(data.n_train),
-                          seeds=t.seed_list(), record_every=t.record_every, record_log_points=t.record_log_points,
+                          seeds=tuple(seeds), record_every=t.record_every, record_log_points=t.record_log_points,
                           device=device, progress=False)
 
 
-def stage_train(ctx: StageContext) -> dict[str, Any]:
-    """Every architecture's ensemble (one batched computation per architecture)."""
+def train_cells(ctx: StageContext):
+    """One cell per architecture, ``train.seeds`` seeds each."""
     c = ctx.config
-    data = c.data.load(ctx.device)
+    return [(a, c.train.seed_list()) for a in range(len(architectures(c.arch)))]
+
+
+def train_shard(task: ShardTask) -> Partial:
+    """Some seeds of one architecture with λ̂ along training, as one batched computation."""
+    c = task.config
+    data = c.data.load(task.device)
+    channels = architectures(c.arch)["channels_here"].iloc[task.cell]
+    ecfg = replace(_ensemble(c, channels, data, task.device, task.seeds), workers=task.engine_workers(hooks=True))
+    return cell_partial(train_cell(data, ecfg, c.llc, c.llc_schedule.every))
+
+
+def train_merge(ctx: StageContext, parts: list[Partial]) -> dict[str, Any]:
+    """Every architecture's ensemble, stacked ``[architecture, seed, ...]``."""
+    c = ctx.config
+    data = c.data.load()
     tab = architectures(c.arch)
-    cells = []
-    for r in tab.itertuples(index=False):
-        cell = train_cell(data, _ensemble(c, r.channels_here, data, ctx.device), c.llc, c.llc_schedule.every)
-        cells.append(cell)
+    cells = [p.flat() for p in parts]
+    for r, cell in zip(tab.itertuples(index=False), cells):
         ctx.log(f"    Table {PAPER_TABLE[c.arch.family]} row {r.row}: channels {r.channels_here} "
                 f"({cell['n_params']} params), test acc {np.nanmean(cell['final_test_acc']):.3f}, {cell['wall_s']:.1f} s")
     G = min(x["displacement"].shape[1] for x in cells)
@@ -323,7 +337,8 @@ def _no_run_left(ctx: StageContext):
 
 
 STAGES = [
-    Stage("train", stage_train, "train every architecture's ensemble with λ̂ along training"),
+    Stage("train", description="train every architecture's ensemble with λ̂ along training",
+          shard=Sharding(train_cells, train_shard, train_merge)),
     Stage("analysis", stage_analysis, "per-run d_s, λ, λ̄, α_early; H1-H3; the size claim", skip=_no_run_left),
 ]
 

@@ -14,6 +14,7 @@ from .format import fmt_estimate, fmt_num
 from .toolkit import (
     apply_style,
     divergence_sentence,
+    executor_sentence,
     header,
     md_table,
     methods_section,
@@ -182,7 +183,8 @@ def _methods(r: dict) -> str:
     timings = {**r["timing"], "report": {"wall_s": r["timing_report_s"], "device": r["device"], "cached": False}}
     return methods_section(cfg, seeds=f"{tr['seed_offset']}..{tr['seed_offset'] + tr['seeds'] - 1}",
                            device=f"{r['device']} (torch CPU threads {r['torch_threads']})",
-                           executor="local (this process)", versions=r["versions"], timings=timings, notes=notes)
+                           executor=executor_sentence(r.get("executor")), versions=r["versions"], timings=timings,
+                           notes=notes)
 
 
 def _diagnostics(r: dict) -> list[str]:

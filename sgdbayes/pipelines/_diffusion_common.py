@@ -118,7 +118,8 @@ def train_cell(data, ecfg, llc=None, every: int = 100) -> dict[str, Any]:
 
     Returns arrays: ``steps [G]``, ``displacement [K, G]``, ``llc_steps [E]``, ``llc [K, E]``,
     ``llc_std [K, E]`` (chain std; NaN with one chain), final train/test loss and accuracy,
-    ``diverged [K]``, ``diverged_step [K]``, and scalars ``n_params``, ``wall_s``.
+    ``diverged [K]``, ``diverged_step [K]``, scalars ``n_params``, ``wall_s``, the MLP's
+    ``widths`` (empty for other families) and ``model`` (the family's ``describe()``).
     """
     from ..engine import train_ensemble
 
@@ -131,7 +132,8 @@ def train_cell(data, ecfg, llc=None, every: int = 100) -> dict[str, Any]:
     K = len(ecfg.seeds)
     out: dict[str, Any] = {
         **ensemble_arrays(res),
-        "widths": list(res.spec.widths),
+        "widths": list(res.spec.widths) if res.spec.kind == "mlp" else [],  # MLP layer widths
+        "model": res.spec.describe(),  # any family: kind and sizes (docs/models.md)
         "wall_s": float(wall),
     }
     if llc is not None:

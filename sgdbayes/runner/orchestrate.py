@@ -123,20 +123,20 @@ class RunResult:
     shards: dict[str, dict] = field(default_factory=dict)  # sharded stages computed now: executor, shards, workers
 
 
-def default_out_dir(decl: StudyDecl, presets: list[str], customised: bool, hash_: str) -> Path:
+def default_out_dir(decl: StudyDecl, presets: list[str], customised: bool, hash_: str,
+                    sets: list[str] | tuple[str, ...] = (), seeds: int | None = None) -> Path:
     """``reports/NAME`` for the default preset; variants go below it.
 
-    ``reports/NAME/variants/<presets>[-<hash8>]`` for any other preset or when
-    ``--set``/``--seeds`` changed the configuration, so a variant never
-    overwrites the canonical (default-preset) report.
+    ``reports/NAME/variants/<label>`` for any other preset or when ``--set``/``--seeds`` changed the
+    configuration, so a variant never overwrites the canonical (default-preset) report; the label
+    is readable, the presets plus the changed keys (:func:`sgdbayes.runner.variants.variant_label`).
     """
+    from .variants import variant_label
+
     base = Path("reports") / decl.name
     if presets == [decl.default_preset] and not customised:
         return base
-    label = "+".join(presets)
-    if customised:
-        label += f"-{hash_[:8]}"
-    return base / "variants" / label
+    return base / "variants" / variant_label(presets, sets, seeds, decl.seeds_key, hash_)
 
 
 def _mismatch(info: dict, expected: dict) -> str | None:
@@ -258,7 +258,7 @@ def run_study(
     inputs, memo_store = file_fingerprints(cfg.input_files(), memo)
     h = config_hash(cfg, decl.presentational, study=decl.name, inputs=inputs)
     if out_dir is None:
-        out_dir = default_out_dir(decl, presets, customised, h)
+        out_dir = default_out_dir(decl, presets, customised, h, sets, seeds)
     outdir = OutputDir(out_dir, "study", force=force)  # checked before anything is written
     pipeline = importlib.import_module(decl.pipeline)
     cache = StageCache(cache_root / h)

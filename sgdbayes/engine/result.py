@@ -7,7 +7,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor, nn
 
 from .._validation import check_int

@@ -40,7 +40,6 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._linalg import single_threaded_blas

@@ -182,7 +182,7 @@ def _bottom_line(r: dict) -> list[str]:
             if s["n_grokked"] else f"**No run grokked** in {r['config']['train']['steps']} steps: the jump tests below "
                                    "are not about grokking.")
     return [f"- {grok}",
-            f"- Change points found (all runs): " + ", ".join(f"{lbl} {s['n_jumps'][k]}" for k, lbl in SERIES) + ".",
+            "- Change points found (all runs): " + ", ".join(f"{lbl} {s['n_jumps'][k]}" for k, lbl in SERIES) + ".",
             *[f"- **{i}** {by[i].claim}: **{by[i].verdict}** — {by[i].reason}." for i in
               ("H8-llc", "H8-weights", "H8-llc-weights", "H9")]]
 

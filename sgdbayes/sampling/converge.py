@@ -31,11 +31,9 @@ from torch import Tensor
 from .._validation import check_float, check_int
 from ..stats.results import decode, register
 from .chains import DrawSchedule, FullLossTrace, WeightTrace, run_chains
-from .data_args import sampling_data
 from .diagnostics import categorical_rhat, ess, split_rhat
-from .model_potential import potential_for
+from .model_potential import starting_potential
 from .posterior import PosteriorConfig, PosteriorResult, posterior_result
-from .potentials import as_potential, check_weights
 from .streams import ChainStreams, chain_seeds
 
 __all__ = ["ConvergenceTarget", "sample_posterior_until"]
@@ -117,16 +115,8 @@ def sample_posterior_until(w_start: Tensor, potential=None, *, spec=None, data=N
     if config.chains_per_start != 1:
         raise ValueError(f"sample_posterior_until runs one chain per start: config.chains_per_start must be 1, "
                          f"got {config.chains_per_start} (repeat rows of w_start for more chains)")
-    check_weights(w_start, "w_start")
-    if potential is None:
-        if spec is None or data is None:
-            raise ValueError("give potential=, or spec= and data=")
-        d = sampling_data(data)
-        potential = potential_for(spec, d.x, d.y, state)
-    pot = as_potential(potential)
+    pot = starting_potential(w_start, potential, spec, data, state)
     S, P = w_start.shape
-    if pot.n_params is not None and P != pot.n_params:
-        raise ValueError(f"w_start has P = {P} columns but the model has {pot.n_params}")
     start_ids = list(range(S)) if start_ids is None else [int(s) for s in start_ids]
     groups = np.asarray(list(groups) if groups is not None else [0] * S)
     if len(start_ids) != S or groups.shape != (S,):

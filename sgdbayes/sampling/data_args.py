@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-import torch
 from torch import Tensor
 
 __all__ = ["SamplingData", "sampling_data", "dataset_tensors"]

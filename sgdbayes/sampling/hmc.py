@@ -333,21 +333,12 @@ def sample_hmc(w_start: Tensor, potential=None, *, spec=None, data=None, state=N
     """One HMC chain from each row of ``w_start [S, P]`` (module docstring), on ``potential`` or
     on ``spec`` + ``data`` (a model family and ``(x, y)`` / Dataset / DataLoader; full batch).
     ``start_ids`` (default 0..S-1) seed the chains; ``groups`` labels each start."""
-    from .data_args import sampling_data
-    from .model_potential import potential_for
+    from .model_potential import starting_potential
 
     config = config if config is not None else HMCConfig()
     if not isinstance(config, HMCConfig):
         raise ValueError(f"config must be an HMCConfig, got {type(config).__name__}")
-    check_weights(w_start, "w_start")
-    if potential is None:
-        if spec is None or data is None:
-            raise ValueError("give potential=, or spec= and data=")
-        d = sampling_data(data)
-        potential = potential_for(spec, d.x, d.y, state)
-    pot = as_potential(potential)
-    if pot.n_params is not None and w_start.shape[1] != pot.n_params:
-        raise ValueError(f"w_start has P = {w_start.shape[1]} columns but the model has {pot.n_params}")
+    pot = starting_potential(w_start, potential, spec, data, state)
     S = w_start.shape[0]
     start_ids = list(range(S)) if start_ids is None else [int(s) for s in start_ids]
     groups = np.asarray(list(groups) if groups is not None else [0] * S)

@@ -26,9 +26,8 @@ change; :func:`sgdbayes.sampling.estimate_llc` warns with it.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
+from dataclasses import asdict, dataclass
+from typing import Optional, Union
 
 import numpy as np
 import pandas as pd

@@ -189,3 +189,22 @@ def _check_mean_reduction(criterion, module: nn.Module, data: SamplingData) -> N
     if not torch.isclose(a, b, rtol=1e-4, atol=1e-8):
         raise ValueError("criterion does not return the batch's mean loss (doubling the batch changed it: a sum?); "
                          "use reduction='mean'")
+
+
+def starting_potential(w_start: Tensor, potential=None, spec=None, data=None, state=None):
+    """The potential the posterior samplers (``sample_posterior``, ``sample_posterior_until``,
+    ``sample_hmc``) run on: ``potential`` as given, or the model's from ``spec`` and ``data``;
+    checks that ``w_start`` [S, P] is finite and has the model's P columns."""
+    from .data_args import sampling_data
+    from .potentials import as_potential, check_weights
+
+    check_weights(w_start, "w_start")
+    if potential is None:
+        if spec is None or data is None:
+            raise ValueError("give potential=, or spec= and data=")
+        d = sampling_data(data)
+        potential = potential_for(spec, d.x, d.y, state)
+    pot = as_potential(potential)
+    if pot.n_params is not None and w_start.shape[1] != pot.n_params:
+        raise ValueError(f"w_start has P = {w_start.shape[1]} columns but the model has {pot.n_params}")
+    return pot

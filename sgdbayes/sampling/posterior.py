@@ -30,10 +30,8 @@ from torch import Tensor
 from .._validation import check_choice, check_float, check_int
 from ..stats.results import Result, encode, estimate_row, register
 from .chains import DrawSchedule, FullLossTrace, WeightTrace, run_chains
-from .data_args import sampling_data
 from .diagnostics import ess, split_rhat
-from .model_potential import potential_for
-from .potentials import as_potential, check_weights
+from .model_potential import starting_potential
 from .sgld import SGLDConfig
 from .streams import ChainStreams, chain_seeds
 
@@ -210,15 +208,7 @@ def sample_posterior(w_start: Tensor, potential=None, *, spec=None, data=None, s
     config = config if config is not None else PosteriorConfig()
     if not isinstance(config, PosteriorConfig):
         raise ValueError(f"config must be a PosteriorConfig, got {type(config).__name__}")
-    check_weights(w_start, "w_start")
-    if potential is None:
-        if spec is None or data is None:
-            raise ValueError("give potential=, or spec= and data=")
-        d = sampling_data(data)
-        potential = potential_for(spec, d.x, d.y, state)
-    pot = as_potential(potential)
-    if pot.n_params is not None and w_start.shape[1] != pot.n_params:
-        raise ValueError(f"w_start has P = {w_start.shape[1]} columns but the model has {pot.n_params}")
+    pot = starting_potential(w_start, potential, spec, data, state)
     S, P = w_start.shape
     J = config.chains_per_start
     start_ids = list(range(S)) if start_ids is None else [int(s) for s in start_ids]

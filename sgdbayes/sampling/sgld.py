@@ -19,7 +19,7 @@ random state; noise comes in as an argument (from :class:`sgdbayes.sampling.stre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Callable, NamedTuple, Protocol, runtime_checkable
 
 import math
 

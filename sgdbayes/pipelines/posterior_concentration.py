@@ -8,13 +8,16 @@ Stages (each cached atomically by :mod:`sgdbayes.runner`):
                 structure report, GMM fallback)
 4. ``sgld``     temperature-1 posterior SGLD from the lowest-loss/lowest-λ solutions; samples
                 assigned to the clusters; mixing diagnostics
-5. ``analysis`` late-window α per run, ξ sweep (+ split sample, bootstrap ξ*), tempered SGD,
+5. ``reference`` SGLD run to a convergence target and (optionally) HMC, from the sgld starts plus
+                one per cluster (:mod:`.posterior_concentration_reference`)
+6. ``analysis`` late-window α per run, ξ sweep (+ split sample, bootstrap ξ*), tempered SGD,
                 free-energy reference, Table 2 with bootstrap intervals, G-test, H4/H5 verdicts
 
 The report (``write_report``) is rendered from ``results.json`` by
 :mod:`sgdbayes.reporting.posterior_concentration`. Every statistic is a function of
 :mod:`sgdbayes.stats` (H4: ``test_h4``; H5: ``test_h5``, conditioned on the SGLD reference having
-converged, ``analysis.reference_max_rhat`` / ``reference_min_ess``); this module wires them.
+converged, ``analysis.reference_max_rhat`` / ``reference_min_ess``, and once more against each
+``[reference]`` reference); this module wires them.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from .posterior_concentration_config import (
     TemperingConfig,
 )
 from .posterior_concentration_analysis import stage_analysis
+from .posterior_concentration_reference import stage_reference
 from .sections import sgd_ensemble
 
 __all__ = ["CONFIG", "PosteriorConcentrationConfig", "ConvergenceConfig", "ClusterConfig", "SGLDStarts",
@@ -395,6 +399,8 @@ STAGES = [
           shard=Sharding(llc_cells, llc_shard, llc_merge, inputs=llc_inputs)),
     Stage("cluster", stage_cluster, "cluster solutions in function space", skip=_no_run_left),
     Stage("sgld", stage_sgld, "posterior SGLD from the best solutions", skip=_no_run_left),
+    Stage("reference", stage_reference, "posterior references: SGLD to a convergence target, HMC",
+          skip=_no_run_left),
     Stage("analysis", stage_analysis, "ξ sweep, tempering, Table 2, verdicts", skip=_no_run_left),
 ]
 

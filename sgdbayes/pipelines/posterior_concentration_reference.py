@@ -27,7 +27,7 @@ __all__ = ["stage_reference", "reference_starts"]
 def reference_starts(sg: dict, cu: dict, tr: dict, ll: dict, overdispersed: bool) -> np.ndarray:
     """Indices into all runs: the sgld stage's starts, then (``overdispersed``) the best run of every
     cluster not already among them (:func:`select_sgld_starts`, rule ``per_cluster``)."""
-    from .posterior_concentration import select_sgld_starts
+    from .posterior_concentration_common import select_sgld_starts
 
     starts = [int(i) for i in sg["start_index"]]
     if overdispersed:
@@ -41,7 +41,7 @@ def reference_starts(sg: dict, cu: dict, tr: dict, ll: dict, overdispersed: bool
 def _assigner(ctx: StageContext, spec):
     """``assign(weights [C, B, P]) -> labels [C, B]``: the SGD clusters of each sample (non-finite
     weights, i.e. a diverged chain, get -2)."""
-    from .posterior_concentration import _clusterer, _prob1
+    from .posterior_concentration_common import _clusterer, _prob1
 
     cu = ctx["cluster"]
     cl = _clusterer(ctx).fit(cu["probs"][:, :, None])
@@ -110,7 +110,7 @@ def _hmc(ctx, spec, data, w0, ids, groups, assign) -> dict[str, Any]:
 
 def stage_reference(ctx: StageContext) -> dict[str, Any]:
     """The references ``[reference]`` turns on, each a record (module docstring)."""
-    from .posterior_concentration import _dataset, _spec
+    from .posterior_concentration_common import _dataset, _spec
 
     rc = ctx.config.reference
     tr, ll, cu, sg = ctx["train"], ctx["llc"], ctx["cluster"], ctx["sgld"]

@@ -336,9 +336,9 @@ def test_reference_section_validates_and_reference_preset_resolves():
     from sgdbayes.pipelines.posterior_concentration_config import ReferenceConfig
 
     r = ReferenceConfig()
-    assert r.sgld_target and not r.hmc and r.target().max_samples == 300
+    assert r.sgld_target and not r.hmc and r.target().max_samples == 1000
     assert r.hmc_config().keep_samples
     with pytest.raises(ValueError, match="max_samples"):
-        ReferenceConfig(block_samples=100, max_samples=50)
+        ReferenceConfig(block_samples=250, max_samples=50)
     with pytest.raises(ValueError, match="hmc_chains_per_start"):
         ReferenceConfig(hmc_chains_per_start=0)

@@ -135,8 +135,8 @@ class ReferenceConfig:
     sgld_target: bool = True
     max_rhat: float = 1.01
     min_ess: float = 400.0
-    block_samples: int = 100
-    max_samples: int = 300
+    block_samples: int = 250
+    max_samples: int = 1000
     discard: float = 0.5
     overdispersed: bool = True
     hmc: bool = False

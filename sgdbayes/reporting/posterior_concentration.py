@@ -229,6 +229,10 @@ def _summary_lines(r: dict) -> list[str]:
                      f"loss moves from {fmt_num(sg['loss_first_decile'])} (first 10 % of samples) to "
                      f"{fmt_num(sg['loss_last_decile'])} (last 10 %). The SGLD masses are therefore not draws from an "
                      f"equilibrated posterior, and H5-sgld is inconclusive.")
+    for x in r.get("references") or []:  # the Posterior references block has the details
+        h = _by_id(r, "H5-" + x["name"].strip().lower().replace(" ", "-"))
+        lines.append(f"- **Reference {x['name']}** ({'converged' if x['converged'] else 'not converged'}; "
+                     f"{fmt_num(x['wall_s'])} s, {x['gradient_evaluations']} {x['gradient_unit']}): {h.id} {h.verdict}.")
     return lines
 
 

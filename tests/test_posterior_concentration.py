@@ -54,14 +54,14 @@ def quick_run(tmp_path_factory):
 def test_interrupted_run_resumes_from_last_finished_stage(quick_run):
     r = quick_run["resumed"]
     assert r.loaded == ["train", "llc", "cluster"]  # finished before the interruption: loaded
-    assert r.computed == ["sgld", "analysis"]  # the interrupted stage and everything after it
+    assert r.computed == ["sgld", "reference", "analysis"]  # the interrupted stage and everything after it
     assert any("FAILED" in line for line in quick_run["first_logs"])
-    assert any("[1/5 train] loaded from cache" in line for line in quick_run["resumed_logs"])
+    assert any("[1/6 train] loaded from cache" in line for line in quick_run["resumed_logs"])
 
 
 def test_rerun_loads_everything_and_prints_report_path(quick_run):
     c = quick_run["cached"]
-    assert c.computed == [] and c.loaded == ["train", "llc", "cluster", "sgld", "analysis"]
+    assert c.computed == [] and c.loaded == ["train", "llc", "cluster", "sgld", "reference", "analysis"]
     assert c.cache_dir == quick_run["resumed"].cache_dir
     assert any(str(quick_run["out"] / "report.md") in line for line in quick_run["cached_logs"])
 
@@ -108,7 +108,7 @@ def test_results_have_everything_the_report_needs(quick_run):
     assert sg["restates_seeding"] == (sg["samples_left_seed_cluster"] == 0)
     hyps = res["hypotheses"]
     assert all(isinstance(h, HypothesisTest) for h in hyps)
-    assert [h.id for h in hyps] == ["H4", "H4-kruskal", "H5-sgld", "H5-free-energy"]
+    assert [h.id for h in hyps] == ["H4", "H4-kruskal", "H5-sgld", "H5-free-energy", "H5-sgld-to-target", "H5-hmc"]
     # H5 against SGLD is decided only against a converged reference (pooled split-R̂ <= 1.01, ESS >= 400)
     ref = sg["reference"]
     assert ref["converged"] == (sg["rhat_all"] <= 1.01 and sg["ess_all"] >= 400)
@@ -274,3 +274,71 @@ def test_sgld_reference_convergence_criterion_is_the_analysis_config():
     assert h.verdict is Verdict.INCONCLUSIVE and h.reason.startswith(f"reference not converged ({why})")
     with pytest.raises(ValueError, match="reference_max_rhat"):
         AnalysisConfig(reference_max_rhat=0.5)
+
+
+# --------------------------------------------------------------------------- posterior references (issue 16 item 3)
+
+def test_results_and_report_carry_the_posterior_references(quick_run):
+    """quick runs SGLD to a (tiny) target and HMC; results.json has one entry per reference, the
+    report's "Posterior references" table shows them, and H5 against each is inconclusive unless it
+    converged."""
+    res, rep = quick_run["results"], quick_run["report"]
+    refs = res["references"]
+    assert [r["name"] for r in refs] == ["SGLD to target", "HMC"]
+    sgld_t, hmc = refs
+    n_starts = res["sgld"]["n_chains"]  # the sgld starts plus (overdispersed) one per cluster not among them
+    assert sgld_t["n_chains"] >= n_starts and hmc["n_chains"] == sgld_t["n_chains"]
+    assert sgld_t["samples_per_chain"] == 20 and hmc["samples_per_chain"] == 20  # 40 drawn, half discarded; 20 HMC
+    assert sgld_t["stop_reason"].startswith("converged" if sgld_t["converged"] else "budget spent")
+    assert sgld_t["gradient_evaluations"] > 0 and hmc["gradient_evaluations"] > 0
+    assert 0.0 <= hmc["acceptance"] <= 1.0 and sgld_t["acceptance"] is None  # NaN is null in results.json
+    assert sgld_t["rhat_labels"] is not None and hmc["rhat_labels"] is None
+    for r in refs:
+        assert r["converged"] == (r["rhat"] <= 1.01 and r["ess"] >= 400
+                                  and (r["sampler"] == "HMC" or r["rhat_labels"] <= 1.01))
+    rows = _section_table(rep, "## Posterior references")
+    assert [row[0] for row in rows] == ["SGLD to target", "HMC"]
+    for row, r in zip(rows, refs):
+        assert row[2] == ("yes" if r["converged"] else "**no**")
+        assert _close(_num(row[4]), r["rhat"]) and _close(_num(row[5]), r["ess"])
+        assert _close(_num(row[10]), r["wall_s"]) and row[11].startswith(str(r["gradient_evaluations"]))
+    hyps = {h.id: h for h in res["hypotheses"]}
+    for r, id_ in zip(refs, ("H5-sgld-to-target", "H5-hmc")):
+        if not r["converged"]:
+            assert hyps[id_].verdict is Verdict.INCONCLUSIVE
+            assert hyps[id_].reason.startswith("reference not converged (R̂ ") and "ESS" in hyps[id_].reason
+    assert {t["reference"] for t in res["table2"]} >= {"SGLD to target", "HMC"}
+
+
+def test_unconverged_reference_yields_inconclusive_and_converged_one_is_decided():
+    from types import SimpleNamespace
+
+    from sgdbayes.pipelines.posterior_concentration_analysis import _reference_h5
+    from sgdbayes.pipelines.posterior_concentration_config import AnalysisConfig
+
+    g = np.random.default_rng(0)
+    N, cats = 120, [0, 1, 2]
+    sgd = g.choice(3, N, p=[0.8, 0.1, 0.1])
+    inp = {"labels": sgd, "cats": cats, "m": 512.0, "alpha": np.full(N, 0.9), "centroids": np.eye(3), "N": N}
+    far = np.full((4, 50), 2, dtype=np.int64)  # every reference sample in the cluster SGD rarely visits
+    base = {"labels": far, "left_seed_cluster": np.zeros(4, np.int64), "rhat": 1.5, "ess": 12.0}
+    refs = [{**base, "name": "A", "converged": True}, {**base, "name": "B", "converged": False}]
+    rows, tests = _reference_h5(inp, refs, SimpleNamespace(xi=1.0), AnalysisConfig(n_boot=50))
+    assert [t.id for t in tests] == ["H5-a", "H5-b"] and [r["reference"] for r in rows] == ["A", "B"]
+    assert tests[0].verdict is Verdict.CONTRADICTED
+    assert tests[1].verdict is Verdict.INCONCLUSIVE
+    assert tests[1].reason.startswith("reference not converged (R̂ 1.5, ESS 12)")
+    rows, tests = _reference_h5(inp, refs[:1], None, AnalysisConfig(n_boot=50))  # no tempered distribution
+    assert rows == [] and tests[0].verdict is Verdict.UNTESTABLE
+
+
+def test_reference_section_validates_and_reference_preset_resolves():
+    from sgdbayes.pipelines.posterior_concentration_config import ReferenceConfig
+
+    r = ReferenceConfig()
+    assert r.sgld_target and not r.hmc and r.target().max_samples == 1000
+    assert r.hmc_config().keep_samples
+    with pytest.raises(ValueError, match="max_samples"):
+        ReferenceConfig(block_samples=250, max_samples=50)
+    with pytest.raises(ValueError, match="hmc_chains_per_start"):
+        ReferenceConfig(hmc_chains_per_start=0)

@@ -8,13 +8,16 @@ Stages (each cached atomically by :mod:`sgdbayes.runner`):
                 structure report, GMM fallback)
 4. ``sgld``     temperature-1 posterior SGLD from the lowest-loss/lowest-λ solutions; samples
                 assigned to the clusters; mixing diagnostics
-5. ``analysis`` late-window α per run, ξ sweep (+ split sample, bootstrap ξ*), tempered SGD,
+5. ``reference`` SGLD run to a convergence target and (optionally) HMC, from the sgld starts plus
+                one per cluster (:mod:`.posterior_concentration_reference`)
+6. ``analysis`` late-window α per run, ξ sweep (+ split sample, bootstrap ξ*), tempered SGD,
                 free-energy reference, Table 2 with bootstrap intervals, G-test, H4/H5 verdicts
 
 The report (``write_report``) is rendered from ``results.json`` by
 :mod:`sgdbayes.reporting.posterior_concentration`. Every statistic is a function of
 :mod:`sgdbayes.stats` (H4: ``test_h4``; H5: ``test_h5``, conditioned on the SGLD reference having
-converged, ``analysis.reference_max_rhat`` / ``reference_min_ess``); this module wires them.
+converged, ``analysis.reference_max_rhat`` / ``reference_min_ess``, and once more against each
+``[reference]`` reference); this module wires them.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ from .posterior_concentration_config import (
     TemperingConfig,
 )
 from .posterior_concentration_analysis import stage_analysis
+from .posterior_concentration_common import _clusterer, _dataset, _prob1, _spec, select_sgld_starts
+from .posterior_concentration_reference import stage_reference
 from .sections import sgd_ensemble
 
 __all__ = ["CONFIG", "PosteriorConcentrationConfig", "ConvergenceConfig", "ClusterConfig", "SGLDStarts",
@@ -45,69 +50,6 @@ __all__ = ["CONFIG", "PosteriorConcentrationConfig", "ConvergenceConfig", "Clust
 
 
 CONFIG = PosteriorConcentrationConfig
-
-
-# --------------------------------------------------------------------------- helpers
-
-def _dataset(ctx: StageContext):
-    return ctx.config.data.load("cpu")
-
-
-def _spec(ctx: StageContext, data):
-    return ctx.config.model.spec(data.n_features, data.n_classes)
-
-
-@torch.no_grad()
-def _prob1(spec, w: torch.Tensor, x: torch.Tensor, chunk: int = 256) -> np.ndarray:
-    """P(y = 1) of each model on x: ``[K, n]`` float32 (chunked over models)."""
-    out = []
-    for s in range(0, w.shape[0], chunk):
-        logits = spec.forward(w[s:s + chunk], x, train=False)
-        out.append(torch.softmax(logits, -1)[..., 1].float().cpu().numpy())
-    return np.concatenate(out, 0)
-
-
-def _rank(v: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(v, method="average")
-
-
-def select_sgld_starts(loss: np.ndarray, llc: np.ndarray, labels: np.ndarray, n_chains: int,
-                       seeding: str, categories: list[int]) -> tuple[np.ndarray, str]:
-    """Indices (into the kept runs) that seed SGLD, and a sentence saying how.
-
-    Score = rank of final training loss + rank of λ̂ (both ascending; lower = better);
-    runs with λ̂ <= 0 or non-finite λ̂ are not eligible (λ̂ <= 0 is an estimation
-    artefact, it would otherwise win the λ ranking) unless too few runs remain.
-    ``lowest``: the ``n_chains`` best scores overall. ``per_cluster``: the best score
-    of every non-noise cluster (noise is not a basin).
-    """
-    K = loss.size
-    eligible = np.isfinite(llc) & (llc > 0) & np.isfinite(loss)
-    note = "runs with λ̂ ≤ 0 excluded"
-    if eligible.sum() < max(1, min(n_chains, K)):
-        eligible = np.isfinite(llc) & np.isfinite(loss)
-        note = "too few runs with λ̂ > 0, so runs with λ̂ ≤ 0 were eligible too"
-    idx = np.flatnonzero(eligible)
-    score = _rank(loss[idx]) + _rank(llc[idx])
-    order = idx[np.lexsort((loss[idx], score))]
-    if seeding == "lowest":
-        pick = order[:n_chains]
-        how = (f"the {pick.size} kept runs with the smallest (rank of final training loss + rank of λ̂), "
-               f"ties broken by loss; {note}")
-    else:
-        pick = []
-        for c in categories:
-            if c == -1:
-                continue
-            members = order[labels[order] == c]
-            if members.size:
-                pick.append(members[0])
-        pick = np.asarray(pick, dtype=int)
-        how = (f"one chain per cluster ({pick.size} chains), each seeded from the cluster's run with the "
-               f"smallest (rank of loss + rank of λ̂); {note}")
-    return np.asarray(pick, dtype=int), how
 
 
 # --------------------------------------------------------------------------- stage 1: train
@@ -244,14 +186,6 @@ def _probe(ctx: StageContext, data) -> np.ndarray:
 
     c = ctx.config.cluster
     return probe_inputs(data.x_train.cpu().numpy(), grid_size=c.grid, margin=c.grid_margin).astype(np.float32)
-
-
-def _clusterer(ctx: StageContext):
-    from ..stats.cluster import FunctionSpaceClusterer
-
-    c = ctx.config.cluster
-    return FunctionSpaceClusterer(n_components=c.pca_dim, min_cluster_size=c.min_cluster_size, fallback="gmm",
-                                  max_k=c.gmm_max_k, random_state=c.seed)
 
 
 def _input_plane(ctx: StageContext, data, probs: np.ndarray, labels: np.ndarray, categories) -> dict[str, Any]:
@@ -395,6 +329,8 @@ STAGES = [
           shard=Sharding(llc_cells, llc_shard, llc_merge, inputs=llc_inputs)),
     Stage("cluster", stage_cluster, "cluster solutions in function space", skip=_no_run_left),
     Stage("sgld", stage_sgld, "posterior SGLD from the best solutions", skip=_no_run_left),
+    Stage("reference", stage_reference, "posterior references: SGLD to a convergence target, HMC",
+          skip=_no_run_left),
     Stage("analysis", stage_analysis, "ξ sweep, tempering, Table 2, verdicts", skip=_no_run_left),
 ]
 

@@ -106,6 +106,39 @@ def _table2(inp: dict, sgld: dict, tempered, ac, rng, notes: list) -> tuple[list
     return rows, gtest
 
 
+def _reference_h5(inp: dict, references: list, tempered, ac) -> tuple[list, list]:
+    """H5 against each ``[reference]`` reference: the bootstrap of its divergences from tempered SGD
+    (whole chains resampled; its own generator from ``analysis.seed``, so the other tests' numbers do
+    not move), inconclusive when the reference has not converged. Returns the Table-2 rows and the tests."""
+    from .._format import fmt_num
+    from ..stats.concentration import test_h5
+    from ..stats.divergence import bootstrap_divergences
+    from ..stats.tempering import make_tempered_fn
+
+    rows, tests = [], []
+    labels, cats, m = inp["labels"], inp["cats"], inp["m"]
+    rng = np.random.default_rng([ac.seed, 16])
+    for ref in references:
+        side = _sgld_side({"labels": np.asarray(ref["labels"], np.int64),
+                           "left_seed_cluster": np.asarray(ref["left_seed_cluster"], np.int64)}, cats)
+        br = None
+        if tempered is not None and side["labels"].size:
+            br = bootstrap_divergences(side["labels"], labels, cats, centroids=inp["centroids"], groups_p=side["groups"],
+                                       dist_q=make_tempered_fn(labels, cats, inp["alpha"], tempered.xi, m),
+                                       smoothed_q=make_tempered_fn(labels, cats, inp["alpha"], tempered.xi, m,
+                                                                   pseudocount=ac.pseudocount),
+                                       pseudocount=ac.pseudocount, names=(ref["name"], "tempered SGD"),
+                                       n_boot=ac.n_boot, level=ac.level, margin=ac.margin, seed=rng)
+            rows.append({"reference": ref["name"], "target": "tempered SGD", "divergences": br,
+                         "notes": br.point.notes + br.notes,
+                         "resampling": f"{ref['name']}: whole chains ({int(np.unique(side['groups']).size)}); "
+                                       f"SGD: runs ({inp['N']})"})
+        note = f"R̂ {fmt_num(ref['rhat'])}, ESS {fmt_num(ref['ess'])}"
+        tests.append(test_h5(br, ref["name"], reference_converged=ref["converged"], convergence_note=note,
+                             level=ac.level))
+    return rows, tests
+
+
 def _reference_converged(sg: dict, ac) -> tuple[bool, str]:
     """Has the SGLD reference converged? Pooled split-R̂ of the loss ≤ ``ac.reference_max_rhat`` and
     pooled bulk ESS ≥ ``ac.reference_min_ess`` (a missing value fails)."""
@@ -219,6 +252,9 @@ def stage_analysis(ctx: StageContext) -> dict[str, Any]:
     h5 = [test_h5(vs_tempered("SGLD"), "SGLD", restates_seeding=sgld["mixing"]["restates_seeding"],
                   reference_converged=converged, convergence_note=why, gtest=gtest, level=ac.level),
           test_h5(vs_tempered("free energy"), "free energy", level=ac.level)]
+    ref_rows, ref_h5 = _reference_h5(inp, ctx["reference"].get("references", []), tempered, ac)
+    table2 += ref_rows
+    h5 += ref_h5
     p_temp = tempered.p_temp if tempered else np.full(len(cats), np.nan)
     extra = {"log_D_xi_star": props.log_D(sw.xi_star) if tempered else np.full(len(cats), np.nan),
              "m_D_xi_star": tempered.exponent if tempered else np.full(len(cats), np.nan),

@@ -16,7 +16,7 @@ from ..sampling import LLCConfig, PosteriorConfig
 from .sections import ModelConfig, MoonsData, TrainConfig
 
 __all__ = ["PosteriorConcentrationConfig", "ConvergenceConfig", "ClusterConfig", "SGLDStarts", "TemperingConfig",
-           "AnalysisConfig", "ReportConfig"]
+           "AnalysisConfig", "ReferenceConfig", "ReportConfig"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,52 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """``[reference]``: the posterior references H5 is checked against besides the fixed-length SGLD
+    stage (docs/estimates.md). ``sgld_target``: SGLD (the ``[sgld]`` kernel) run in blocks to a
+    convergence target (:class:`sgdbayes.sampling.ConvergenceTarget`: ``max_rhat``, ``min_ess``,
+    ``block_samples``, ``max_samples``, ``discard``); ``hmc``: Metropolis-adjusted HMC
+    (:class:`sgdbayes.sampling.hmc.HMCConfig`, fields prefixed ``hmc_``). Both start from the sgld
+    stage's starts, plus (``overdispersed``) the best run of every cluster; HMC runs
+    ``hmc_chains_per_start`` chains per start. A reference is *converged* when its pooled split-R̂
+    ≤ ``max_rhat`` and ESS ≥ ``min_ess`` (SGLD: also R̂ of the cluster assignment)."""
+
+    sgld_target: bool = True
+    max_rhat: float = 1.01
+    min_ess: float = 400.0
+    block_samples: int = 250
+    max_samples: int = 1000
+    discard: float = 0.5
+    overdispersed: bool = True
+    hmc: bool = False
+    hmc_num_warmup: int = 200
+    hmc_num_samples: int = 200
+    hmc_num_leapfrog: int = 16
+    hmc_step_size: float = 1e-3
+    hmc_target_accept: float = 0.8
+    hmc_chains_per_start: int = 1
+    hmc_seed: int = 5
+
+    def __post_init__(self):
+        self.target()
+        self.hmc_config()
+        check_int("hmc_chains_per_start", self.hmc_chains_per_start, 1)
+
+    def target(self):
+        from ..sampling.converge import ConvergenceTarget
+
+        return ConvergenceTarget(max_rhat=self.max_rhat, min_ess=self.min_ess, block_samples=self.block_samples,
+                                 max_samples=self.max_samples, discard=self.discard)
+
+    def hmc_config(self):
+        from ..sampling.hmc import HMCConfig
+
+        return HMCConfig(num_warmup=self.hmc_num_warmup, num_samples=self.hmc_num_samples,
+                         num_leapfrog=self.hmc_num_leapfrog, step_size=self.hmc_step_size,
+                         target_accept=self.hmc_target_accept, seed=self.hmc_seed, keep_samples=True)
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """``[report]`` (presentational): figure resolution, SGLD traces drawn."""
 
@@ -147,6 +193,7 @@ class PosteriorConcentrationConfig(StudyConfig):
     sgld: PosteriorConfig = field(default_factory=PosteriorConfig)
     tempering: TemperingConfig = field(default_factory=TemperingConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self):

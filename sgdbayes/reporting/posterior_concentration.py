@@ -86,6 +86,19 @@ def _sgld(sg: dict, cu: dict, an: dict) -> dict:
             "reference": an["reference"]}
 
 
+REFERENCE_KEYS = ("name", "sampler", "converged", "stop_reason", "rhat", "ess", "rhat_labels", "acceptance",
+                  "divergences", "divergences_unit", "wall_s", "gradient_evaluations", "gradient_unit", "n_chains",
+                  "samples_per_chain")
+
+
+def _references(ctx) -> list[dict]:
+    """One entry per ``[reference]`` reference (no labels: the report needs only the summary)."""
+    ref = ctx["reference"]
+    if ref.get("skipped"):
+        return []
+    return [{k: r[k] for k in REFERENCE_KEYS} for r in ref.get("references", [])]
+
+
 def build(ctx) -> dict:
     tr, ll, cu, sg, an = (ctx[s] for s in ("train", "llc", "cluster", "sgld", "analysis"))
     cfg = ctx.config
@@ -110,7 +123,7 @@ def build(ctx) -> dict:
                       "p_temp": an["distributions"]["P_temp"], "collapsed": bool(tempered.collapsed) if tempered else False,
                       "n_effective": tempered.n_effective if tempered else float("nan"),
                       "notes": list(tempered.notes) if tempered else ["ξ* undefined: no tempered distribution"]},
-        "free_energy": an["free_energy"], "sgld": _sgld(sg, cu, an),
+        "free_energy": an["free_energy"], "sgld": _sgld(sg, cu, an), "references": _references(ctx),
         "table2": _table2(an["table2"], paper_t2),
         "table2_notes": sorted({n for row in an["table2"] for n in row["notes"]}),
         "paper_table2": paper_t2, "paper_table2_source": paper_src, "gtest": an["gtest"], "gtest_ess": an["gtest_ess"],
@@ -216,6 +229,10 @@ def _summary_lines(r: dict) -> list[str]:
                      f"loss moves from {fmt_num(sg['loss_first_decile'])} (first 10 % of samples) to "
                      f"{fmt_num(sg['loss_last_decile'])} (last 10 %). The SGLD masses are therefore not draws from an "
                      f"equilibrated posterior, and H5-sgld is inconclusive.")
+    for x in r.get("references") or []:  # the Posterior references block has the details
+        h = _by_id(r, "H5-" + x["name"].strip().lower().replace(" ", "-"))
+        lines.append(f"- **Reference {x['name']}** ({'converged' if x['converged'] else 'not converged'}; "
+                     f"{fmt_num(x['wall_s'])} s, {x['gradient_evaluations']} {x['gradient_unit']}): {h.id} {h.verdict}.")
     return lines
 
 
@@ -359,6 +376,26 @@ def _methods(r: dict) -> str:
                            notes=_method_notes(r))
 
 
+def _references_section(r: dict) -> list[str]:
+    """The "Posterior references" block: which reference converged, why it stopped, at what cost."""
+    refs = r.get("references") or []
+    out = ["## Posterior references\n"]
+    if not refs:
+        return out + ["No reference beyond the fixed-length SGLD stage was run (`[reference]` sgld_target and hmc "
+                      "are off).\n"]
+    out.append("H5 is decided against each reference below that converged (pooled split-R̂ of the loss ≤ the target "
+               "and bulk ESS ≥ the target; SGLD also needs the cluster assignment's R̂ ≤ the target); against one "
+               "that did not it is *inconclusive: reference not converged* (docs/estimates.md).\n")
+    rows = [[x["name"], x["sampler"], "yes" if x["converged"] else "**no**", x["stop_reason"], fmt_num(x["rhat"]),
+             fmt_num(x["ess"]), fmt_num(x["rhat_labels"]), fmt_num(x["acceptance"]),
+             f"{x['divergences']} {x['divergences_unit']}", f"{x['n_chains']} × {x['samples_per_chain']}",
+             fmt_num(x["wall_s"]), f"{x['gradient_evaluations']} {x['gradient_unit']}"] for x in refs]
+    out += [md_table(["reference", "sampler", "converged", "stop reason", "R̂ (loss)", "ESS (loss)",
+                      "R̂ (cluster)", "acceptance", "divergences", "chains × kept samples", "compute [s]",
+                      "gradient evaluations"], rows), ""]
+    return out
+
+
 def _diagnostics(r: dict) -> list[str]:
     sg, st = r["sgld"], r["structure"]
     rows = [[i, sg["start_seeds"][i], sg["start_clusters"][i], fmt_num(sg["start_loss"][i]), fmt_num(sg["start_llc"][i]),
@@ -385,7 +422,7 @@ def render(r: dict) -> str:
          divergence_sentence(r.get("divergence")) + "\n", "## Verdicts\n", verdict_table(r["hypotheses"]), "",
          verdict_notes(r["hypotheses"]) + "\n",
          "**Summary.**\n", *_summary_lines(r), "", "## Results beside the paper\n", *_table2_section(r),
-         *_clusters_section(r), *_xi_section(r), "## Figures\n"]
+         *_clusters_section(r), *_xi_section(r), *_references_section(r), "## Figures\n"]
     L += [f"![{cap}](figures/{f})\n\n*{cap}*\n" for f, cap in FIGURES]
     L += [_methods(r), *_diagnostics(r)]
     return "\n".join(L) + "\n"

@@ -1,13 +1,16 @@
 """The per-run arrays every training stage stores from an :class:`~sgdbayes.engine.EnsembleResult`,
-and the divergence count every report prints."""
+the divergence count every report prints, and the pieces of a training stage that trains one
+ensemble (its one cell, its shard's SGD ensemble)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ENSEMBLE_ROWS", "ensemble_arrays", "divergence_flags", "divergence_summary"]
+__all__ = ["ENSEMBLE_ROWS", "ensemble_arrays", "divergence_flags", "divergence_summary", "single_cell",
+           "train_shard_ensemble"]
 
 #: the per-seed outputs of :func:`ensemble_arrays` (the rows of a training shard; the rest is shared)
 ENSEMBLE_ROWS = ("seeds", "displacement", "train_loss_curve", "final_train_loss", "final_train_acc",
@@ -66,3 +69,20 @@ def divergence_summary(diverged: Sequence[bool], diverged_step: Sequence[int], l
     order = idx[np.argsort(steps[idx], kind="stable")]
     return {"n_diverged": int(d.sum()), "n_runs": int(d.size), "all_diverged": bool(d.size and d.all()),
             "runs": [str(labels[i]) for i in order], "steps": [int(steps[i]) for i in order]}
+
+
+def single_cell(ctx) -> list[tuple[int, tuple[int, ...]]]:
+    """The cells of a stage that trains one ensemble: cell 0 with the ``train`` section's seed ids."""
+    return [(0, ctx.config.train.seed_list())]
+
+
+def train_shard_ensemble(task):
+    """The SGD ensemble of ``task.config`` (its ``data``, ``model`` and ``train`` sections) for the
+    shard's seeds only, as one batched computation on the shard's device and cores."""
+    from ..engine import train_ensemble
+    from .sections import sgd_ensemble
+
+    c = task.config
+    ecfg = replace(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, task.device), seeds=task.seeds,
+                   workers=task.engine_workers(hooks=False))
+    return train_ensemble(ecfg)

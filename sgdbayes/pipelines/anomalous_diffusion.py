@@ -12,7 +12,7 @@ Report: :mod:`sgdbayes.reporting.anomalous_diffusion`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,8 +24,8 @@ from ..runner.typed import StudyConfig
 from ..stats.summaries import summarize
 from ..stats.verdicts import test_crossover, test_h1_h3
 from ._diffusion_common import fit_runs
-from ._ensemble_arrays import ENSEMBLE_ROWS, divergence_summary, ensemble_arrays
-from .sections import CurvesReport, FitConfig, ModelConfig, MoonsData, TrainConfig, sgd_ensemble
+from ._ensemble_arrays import ENSEMBLE_ROWS, divergence_summary, ensemble_arrays, single_cell, train_shard_ensemble
+from .sections import CurvesReport, FitConfig, ModelConfig, MoonsData, TrainConfig
 
 __all__ = ["CONFIG", "AnomalousDiffusionConfig", "AnalysisConfig", "STAGES", "write_report", "local_slopes"]
 
@@ -87,19 +87,9 @@ def local_slopes(steps: np.ndarray, R: np.ndarray, halfwidth: float, n_points: i
 
 # --------------------------------------------------------------------------- stage 1
 
-def train_cells(ctx: StageContext):
-    """One cell: the ensemble's seeds."""
-    return [(0, ctx.config.train.seed_list())]
-
-
 def train_shard(task: ShardTask) -> Partial:
     """Some seeds of the moons ensemble as one batched computation (the data is rebuilt from the config)."""
-    from ..engine import train_ensemble
-
-    c = task.config
-    ecfg = replace(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, task.device), seeds=task.seeds,
-                   workers=task.engine_workers(hooks=False))
-    res = train_ensemble(ecfg)
+    res = train_shard_ensemble(task)
     return Partial.split({**ensemble_arrays(res), "engine_s": float(res.meta.get("elapsed_s", float("nan")))},
                          rows=ENSEMBLE_ROWS, totals=("engine_s",))
 
@@ -210,7 +200,7 @@ def _no_run_left(ctx: StageContext):
 
 
 STAGES = [
-    Stage("train", description="train the moons SGD ensemble", shard=Sharding(train_cells, train_shard, train_merge)),
+    Stage("train", description="train the moons SGD ensemble", shard=Sharding(single_cell, train_shard, train_merge)),
     Stage("analysis", stage_analysis, "per-run diffusion fits, H1, mean curve, local slope, crossover",
           skip=_no_run_left),
 ]

@@ -21,7 +21,6 @@ converged, ``analysis.reference_max_rhat`` / ``reference_min_ess``, and once mor
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ import torch
 from ..runner.orchestrate import Stage, StageContext
 from ..runner.shards import Partial, Sharding, ShardTask
 from ..stats.concentration import convergence_filter
-from ._ensemble_arrays import ENSEMBLE_ROWS, divergence_summary, ensemble_arrays
+from ._ensemble_arrays import ENSEMBLE_ROWS, divergence_summary, ensemble_arrays, single_cell, train_shard_ensemble
 from .posterior_concentration_config import (
     AnalysisConfig,
     ClusterConfig,
@@ -43,7 +42,6 @@ from .posterior_concentration_config import (
 from .posterior_concentration_analysis import stage_analysis
 from .posterior_concentration_common import _clusterer, _dataset, _prob1, _spec, select_sgld_starts
 from .posterior_concentration_reference import stage_reference
-from .sections import sgd_ensemble
 
 __all__ = ["CONFIG", "PosteriorConcentrationConfig", "ConvergenceConfig", "ClusterConfig", "SGLDStarts",
            "TemperingConfig", "AnalysisConfig", "ReportConfig", "STAGES", "write_report", "select_sgld_starts"]
@@ -54,19 +52,9 @@ CONFIG = PosteriorConcentrationConfig
 
 # --------------------------------------------------------------------------- stage 1: train
 
-def train_cells(ctx: StageContext):
-    """One cell: the ensemble's seeds."""
-    return [(0, ctx.config.train.seed_list())]
-
-
 def train_shard(task: ShardTask) -> Partial:
     """Some seeds of the ensemble as one batched computation (the data is rebuilt from the config)."""
-    from ..engine import train_ensemble
-
-    c = task.config
-    ecfg = replace(sgd_ensemble(c.data, c.model, c.train, c.data.n_train, task.device), seeds=task.seeds,
-                   workers=task.engine_workers(hooks=False))
-    res = train_ensemble(ecfg)
+    res = train_shard_ensemble(task)
     out = {**ensemble_arrays(res, displacement_dtype=np.float32),
            "w_final": res.w_final.detach().cpu().numpy().astype(np.float32),
            "engine_meta": {k: v for k, v in (res.meta or {}).items() if isinstance(v, (int, float, str, bool))}}
@@ -324,7 +312,7 @@ def _no_run_left(ctx: StageContext):
 
 
 STAGES = [
-    Stage("train", description="train the SGD ensemble", shard=Sharding(train_cells, train_shard, train_merge)),
+    Stage("train", description="train the SGD ensemble", shard=Sharding(single_cell, train_shard, train_merge)),
     Stage("llc", description="estimate λ̂ of every solution", skip=_no_run_left,
           shard=Sharding(llc_cells, llc_shard, llc_merge, inputs=llc_inputs)),
     Stage("cluster", stage_cluster, "cluster solutions in function space", skip=_no_run_left),

@@ -29,7 +29,7 @@ from ..sampling import LLCConfig
 from ..stats.summaries import llc_summaries, summarize
 from ..stats.verdicts import test_h1_h3
 from ._diffusion_common import cell_partial, fit_runs, h7_tests, parse_layers, train_cell
-from ._ensemble_arrays import divergence_summary
+from ._ensemble_arrays import divergence_summary, single_cell
 from .sections import (
     BootstrapConfig,
     CurvesReport,
@@ -108,11 +108,6 @@ def table7_architectures(rows: list[int]) -> pd.DataFrame:
             raise ValueError(f"sweep.rows {bad} outside the {len(t7)} rows (0..{len(t7) - 1}) of Table 7")
         t7 = t7.iloc[list(rows)].reset_index(drop=True)
     return t7
-
-
-def train_cells(ctx: StageContext):
-    """One cell: the ensemble's seeds."""
-    return [(0, ctx.config.train.seed_list())]
 
 
 def _data_facts(data) -> dict[str, Any]:
@@ -327,7 +322,7 @@ def _no_run_left(ctx: StageContext):
 
 STAGES = [
     Stage("train", description="train the identical-architecture ensemble with λ̂ along training",
-          shard=Sharding(train_cells, train_shard, train_merge)),
+          shard=Sharding(single_cell, train_shard, train_merge)),
     Stage("sweep", description="train the Table-7 architectures with λ̂ along training", skip=_no_run_left,
           shard=Sharding(sweep_cells, sweep_shard, sweep_merge)),
     Stage("analysis", stage_analysis, "per-run d_s, λ, λ̄; H1-H3, H7; regressions", skip=_no_run_left),

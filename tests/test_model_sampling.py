@@ -53,6 +53,28 @@ def test_estimate_llc_on_a_cnn_ensemble_equals_its_modules_in_eval_mode(cnn_ens,
     assert np.isfinite(a.llc).all()
 
 
+def test_row_shards_of_a_batchnorm_ensemble_keep_each_rows_own_state(cnn_ens, digits):
+    """12 rows (3 models x 4 chains) on one torch thread are split over two row shards; each shard
+    must evaluate its rows with their own models' running statistics (a shard of rows 0..5 is
+    models 0 and 1, not the first six rows of every model's state repeated). Reference: the same
+    modules as nn.Modules (ModulePotential, never sharded)."""
+    from sgdbayes.sampling import ModelPotential
+    from sgdbayes.sampling.chains import _auto_workers
+
+    cfg = LLCConfig(step_size=1e-4, num_chains=4, num_draws=10, batch_size=16)
+    w = cnn_ens.w_final
+    pot = ModelPotential(cnn_ens.spec, digits.x_train, digits.y_train, cnn_ens.state)
+    assert _auto_workers(pot, w.repeat_interleave(4, 0)) == 2          # the sharded path runs
+    a = estimate_llc(cnn_ens, config=cfg, progress=False)
+    mods = [cnn_ens.module(k).eval() for k in range(3)]
+    b = estimate_llc(mods, (digits.x_train, digits.y_train), config=cfg, model_ids=[3, 4, 5], progress=False)
+    np.testing.assert_allclose(a.loss_traces, b.loss_traces, rtol=1e-4, atol=1e-5)
+    # the shard's potential is the full potential restricted to its rows
+    rows = w.repeat_interleave(4, 0)
+    full = pot(rows, None)
+    torch.testing.assert_close(pot.rows(2, 9, 12)(rows[2:9], None), full[2:9])
+
+
 def test_llc_result_vocabulary_round_trip(cnn_ens):
     r = estimate_llc(cnn_ens, config=LLC, progress=False)
     ci = r.conf_int(0.9)

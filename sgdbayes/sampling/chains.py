@@ -301,8 +301,9 @@ def _run_sharded(loop: _Loop, w0, centers, streams, obs, diverged, diverged_step
 
     def job(j):
         a, b = bounds[j]
-        part = _Loop(loop.pot, loop.kernel, loop.schedule, loop.first_step, loop.bar if j == 0 else None)
-        stepper = make_stepper(loop.pot, loop.kernel, w0[a:b], centers[a:b])
+        pot = loop.pot.rows(a, b, M)   # the shard's own rows (e.g. the model state of each row)
+        part = _Loop(pot, loop.kernel, loop.schedule, loop.first_step, loop.bar if j == 0 else None)
+        stepper = make_stepper(pot, loop.kernel, w0[a:b], centers[a:b])
         _run_loop(stepper, part, shards[j], [o.shard(a, b) for o in obs], diverged[a:b], diverged_step[a:b],
                   centers[a:b])
         w_last[a:b] = stepper.rows()

@@ -59,6 +59,13 @@ class ModelPotential(BasePotential):
             raise ValueError(f"{M} rows for {self.K} models: rows must be models x chains")
         return state_repeat(self.state, M // self.K)
 
+    def rows(self, a: int, b: int, M: int) -> "ModelPotential":
+        """Rows ``a .. b-1`` of ``M``: each row with its own model's state (rows ``k * chains + c``)."""
+        if self.state is None or (a, b) == (0, M):
+            return self
+        state = {k: v[a:b] for k, v in self._state(M).items()}
+        return ModelPotential(self.family, self.x, self.y, state)
+
     def __call__(self, w: Tensor, idx: Optional[Tensor]) -> Tensor:
         xb, yb = (self.x, self.y) if idx is None else (self.x[idx], self.y[idx])
         out = self.family.apply(w, xb, self._state(w.shape[0]), train=False, shared=idx is None)

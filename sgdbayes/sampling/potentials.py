@@ -4,8 +4,10 @@ Protocol (:class:`Potential`): ``potential(w, idx)`` with ``w [M, P]`` (rows = c
 ``idx`` a ``LongTensor [M, B]`` of training-set indices (one minibatch per row) or ``None``
 (the full training set) returns the per-row mean loss ``[M]``; row m's loss depends on row m
 of ``w`` only. Declared capabilities (never probed): ``n`` (training-set size),
-``n_params`` (P, or None when any), ``shardable`` (any subset of rows may be evaluated alone,
-so rows can be split over threads), ``loss_and_grad(w, idx)`` (the loss and its gradient
+``n_params`` (P, or None when any), ``shardable`` (rows can be split over threads: the
+potential of rows ``a .. b-1`` of an ``M``-row set is ``rows(a, b, M)``, which is the potential
+itself unless rows carry constants of their own, e.g. the model state of row ``m``),
+``loss_and_grad(w, idx)`` (the loss and its gradient
 ``[M, P]``; autograd in :class:`BasePotential`), ``stepper(coefficients, w0, centers)`` (an
 in-place SGLD stepper in the potential's own layout, or None) and ``mode`` (the train/eval
 mode the model is evaluated in, stated in results).
@@ -43,6 +45,9 @@ class Potential(Protocol):
     def stepper(self, coefficients, w0: Tensor, centers: Tensor):  # pragma: no cover
         """An in-place stepper (:class:`sgdbayes.sampling.sgld.Stepper`) or None."""
 
+    def rows(self, a: int, b: int, M: int) -> "Potential":  # pragma: no cover
+        """The potential of rows ``a .. b-1`` of an ``M``-row set (a row shard)."""
+
 
 #: the name earlier releases used for the protocol
 BatchedPotential = Potential
@@ -72,6 +77,10 @@ class BasePotential:
 
     def stepper(self, coefficients, w0: Tensor, centers: Tensor):
         return None
+
+    def rows(self, a: int, b: int, M: int) -> "BasePotential":
+        """Rows carry no constants of their own: a shard evaluates with the same potential."""
+        return self
 
 
 class FunctionPotential(BasePotential):

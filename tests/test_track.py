@@ -178,6 +178,52 @@ def test_llc_over_a_head_with_frozen_body_equals_llc_of_the_head_alone(tmp_path)
     assert len(tr._pool) == 2                            # the frozen body is stored once, shared
 
 
+def test_row_shards_of_snapshots_with_their_own_constants_equal_the_whole(tmp_path):
+    """The snapshot potential split into row shards (as two threads run it): a shard that cuts
+    through a snapshot's chains, or holds whole snapshots, evaluates every row with that
+    snapshot's own untracked tensors (here a body that differs per snapshot), on its own module
+    copy; the tracker on one torch thread (row shards) equals it on two (no shards)."""
+    from sgdbayes.sampling import ModulePotential, sampling_data
+    from sgdbayes.track import CriterionLoss
+
+    x, y = _data()
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    body = {n: [p.detach() + 0.1 * k for k in range(3)] for n, p in model[0].named_parameters()}
+    fixed = [{f"0.{n}": v[k] for n, v in body.items()} for k in range(3)]
+    names = ["2.weight", "2.bias"]
+    pot = ModulePotential.of_snapshots(model, names, [(2, 8), (2,)], fixed, sampling_data((x, y)), CriterionLoss())
+    w = torch.randn(9, 18, generator=torch.Generator().manual_seed(0)) * 0.3     # 3 snapshots x 3 chains
+    idx = torch.randint(0, len(x), (9, 16), generator=torch.Generator().manual_seed(1))
+    full, full_b = pot(w, None), pot(w, idx)
+    for a, b in ((0, 4), (4, 9), (3, 6), (0, 9)):
+        part = pot.rows(a, b, 9)
+        assert part._bound is not pot._bound                  # its own module copy
+        torch.testing.assert_close(part(w[a:b], None), full[a:b])
+        torch.testing.assert_close(part(w[a:b], idx[a:b]), full_b[a:b])
+    # snapshot 1's rows by hand: body shifted by 0.1, head = the row
+    with torch.no_grad():
+        h = torch.relu(x @ (model[0].weight + 0.1).T + model[0].bias + 0.1)
+        ref = nn.functional.cross_entropy(h @ w[4, :16].reshape(2, 8).T + w[4, 16:], y)
+    torch.testing.assert_close(full[4], ref)
+
+    out = {}
+    cfg = LLCConfig(step_size=1e-4, num_chains=3, num_draws=10, batch_size=32)
+    threads = torch.get_num_threads()
+    for n_threads in (1, 2):
+        torch.set_num_threads(n_threads)
+        try:
+            m = _mlp(seed=4)
+            tr = Tracker(m, run="th", out=tmp_path / f"t{n_threads}.csv", data=(x, y), llc_every=10, llc=cfg,
+                         total_steps=30, params=["2.weight", "2.bias"])
+            _train(m, x, y, 30, tr)
+            out[n_threads] = tr.close().set_index("step")["llc"].dropna()
+        finally:
+            torch.set_num_threads(threads)
+    assert len(out[1]) == 3
+    np.testing.assert_allclose(out[1], out[2], rtol=1e-5, atol=1e-7)
+
+
 # ------------------------------------------------------------------ file, resume
 def test_resume_from_checkpoint_has_no_duplicate_or_missing_rows(tmp_path):
     x, y = _data()

@@ -6,8 +6,9 @@ Layers (imports point down only):
 * :mod:`~sgdbayes.sampling.sgld` -- the kernel (``SGLDConfig``, ``build``, steppers);
 * :mod:`~sgdbayes.sampling.streams` -- per-chain minibatch and noise streams;
 * :mod:`~sgdbayes.sampling.potentials`, :mod:`~sgdbayes.sampling.mlp`,
-  :mod:`~sgdbayes.sampling.model_potential` -- potentials behind one protocol (MLP fast path,
-  any model family, users' own modules);
+  :mod:`~sgdbayes.sampling.model_potential`, :mod:`~sgdbayes.sampling.module_potential` --
+  potentials behind one protocol (MLP fast path, any model family, users' own modules and a
+  tracked run's weight snapshots);
 * :mod:`~sgdbayes.sampling.chains` -- the chain runner with observers;
 * LLC (:mod:`~sgdbayes.sampling.llc`, the training hook, a devinterp 1.3.2 reference backend,
   its checks :mod:`~sgdbayes.sampling.llc_checks`, MALA acceptance :mod:`~sgdbayes.sampling.mala`,
@@ -32,12 +33,13 @@ from .diagnostics import categorical_rhat, ess, ess_per_chain, split_rhat, trend
 from .hmc import HMCConfig, HMCResult, sample_hmc
 from .integrator import LangevinCoefficients, langevin_step
 from .llc import LLCWarning, estimate_llc, estimate_llc_potential
-from .data_args import dataset_tensors
+from .data_args import SamplingData, dataset_tensors, sampling_data
 from .llc_hook import LLCTrainingHook
 from .llc_types import LLCConfig, LLCResult
 from .mala import MALAAcceptance, mala_log_acceptance
 from .mlp import MLPPotential
-from .model_potential import ModelPotential, ModulePotential, potential_for
+from .model_potential import ModelPotential, potential_for
+from .module_potential import ModulePotential
 from .posterior import PosteriorConfig, PosteriorResult, sample_posterior
 from .potentials import (BasePotential, BatchedPotential, CallablePotential, FunctionPotential, Potential,
                          as_potential, check_weights)
@@ -46,6 +48,7 @@ from .streams import ChainStreams, chain_seeds, noise_chunk_steps
 
 __all__ = [
     "LLCConfig", "LLCResult", "LLCWarning", "LLCTrainingHook", "MALAAcceptance", "mala_log_acceptance", "estimate_llc", "estimate_llc_potential", "dataset_tensors",
+    "SamplingData", "sampling_data",
     "PosteriorConfig", "PosteriorResult", "sample_posterior", "ConvergenceTarget", "sample_posterior_until",
     "HMCConfig", "HMCResult", "sample_hmc", "CalibrationGrid", "Calibration", "calibrate_llc",
     "SGLDConfig", "SGLDState", "SGLDTransform", "Stepper", "KernelStepper", "build", "default_nbeta",

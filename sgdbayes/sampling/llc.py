@@ -22,7 +22,8 @@ from .data_args import SamplingData, dataset_tensors, sampling_data
 from .devinterp_backend import estimate_llc_devinterp
 from .llc_types import LLCConfig, LLCResult, finalize, model_ids_of
 from .mala import MALAAcceptance
-from .model_potential import ModulePotential, potential_for
+from .model_potential import potential_for
+from .module_potential import ModulePotential
 from .potentials import as_potential, check_weights
 from .streams import ChainStreams, chain_seeds
 

@@ -15,13 +15,12 @@ displacement R(t) and LLC snapshots, straight into the runs file ``python -m sgd
 from .ensemble import ensemble_frame, write_ensemble
 from .grid import DEFAULT_HORIZON, TrackGrid
 from .io import read_track_file, write_runs
-from .potential import CriterionLoss, FunctionLoss, LLCData, ModelLoss, OutputLoss, SnapshotPotential
+from .losses import CriterionLoss, FunctionLoss, ModelLoss, OutputLoss
 from .tracker import Tracker, select_params, snapshot_model_id
 
 __all__ = ["Tracker", "LightningTracker", "HFTracker", "HFModelLoss", "TrackGrid", "DEFAULT_HORIZON",
            "snapshot_model_id", "select_params", "read_track_file", "write_runs", "ensemble_frame",
-           "write_ensemble", "LLCData", "ModelLoss", "CriterionLoss", "OutputLoss", "FunctionLoss",
-           "SnapshotPotential"]
+           "write_ensemble", "ModelLoss", "CriterionLoss", "OutputLoss", "FunctionLoss"]
 
 _LAZY = {"LightningTracker": ".lightning", "HFTracker": ".hf", "HFModelLoss": ".hf"}
 

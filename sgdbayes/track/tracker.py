@@ -20,7 +20,7 @@ See docs/track.md for examples. What is computed:
   snapshot (unchanged ones are shared). At :meth:`Tracker.close` the LLCs of all
   snapshots of the run are estimated as **one** batched computation
   (:func:`sgdbayes.sampling.estimate_llc_potential` over
-  :class:`sgdbayes.track.potential.SnapshotPotential`): SGLD moves the tracked
+  :meth:`sgdbayes.sampling.ModulePotential.of_snapshots`): SGLD moves the tracked
   parameters, the others stay at that snapshot's values. Chain c of the snapshot at
   step t of run r uses the seeds of ``SeedSequence([llc.seed, snapshot_model_id(r, t), c])``
   (:func:`sgdbayes.sampling.chain_seeds`): no two snapshots share chain seeds and a
@@ -32,6 +32,7 @@ See docs/track.md for examples. What is computed:
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import warnings
@@ -45,10 +46,10 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_int
-from ..sampling import LLCConfig, LLCResult, estimate_llc_potential
+from ..sampling import LLCConfig, LLCResult, ModulePotential, estimate_llc_potential, sampling_data
 from .grid import TrackGrid
 from .io import check_covariates, check_out_path, column_order, runs_in_file, write_runs
-from .potential import LLCData, SnapshotPotential, as_model_loss
+from .losses import as_model_loss
 
 __all__ = ["Tracker", "snapshot_model_id", "select_params"]
 
@@ -111,7 +112,7 @@ class Tracker:
     ``run``: the run id (text). ``out``: the runs file (.csv, .csv.gz, .tsv, .parquet,
     .pq). ``data``: the LLC's training set (``(x, y)``, a dict of tensors, a Dataset or
     DataLoader; required with ``llc_every``). ``loss``: the LLC's loss,
-    ``loss(model, batch)`` or a :class:`~sgdbayes.track.potential.ModelLoss`; default
+    ``loss(model, batch)`` or a :class:`~sgdbayes.track.losses.ModelLoss`; default
     cross-entropy ``F.cross_entropy(model(x), y)`` for ``(x, y)`` data and the model's
     own ``model(**batch).loss`` for dict data. ``params``: see :func:`select_params`.
     ``covariates``: run-level columns (lr, batch_size, optimizer, ...); ``n_params``
@@ -136,7 +137,7 @@ class Tracker:
         self.llc = llc
         if self.llc_every is not None and data is None:
             raise ValueError("llc_every needs data= (the training set the LLC is estimated on)")
-        self.data = None if data is None else LLCData.from_any(data)
+        self.data = None if data is None else sampling_data(data)
         self.loss = as_model_loss(loss, self.data)
         self.grid = TrackGrid(total_steps, record_every, record_log_points)
         self.overwrite = bool(overwrite)
@@ -309,10 +310,13 @@ class Tracker:
         pool = [v.to(device) for v in self._pool]
         snaps = list(self._snaps)
 
+        module = self.loss.prepare(copy.deepcopy(self.model))
+        data = self.data.to(device)
+
         def potential(ss):
             fixed = [{n: pool[j] for n, j in s.fixed.items()} for s in ss]
-            return SnapshotPotential(self.model, self.names, [tuple(p.shape) for p in self._params], fixed,
-                                     self.data.to(device), self.loss)
+            return ModulePotential.of_snapshots(module, self.names, [tuple(p.shape) for p in self._params], fixed,
+                                                data, self.loss)
 
         w = torch.stack([s.w for s in snaps]).to(device)
         pot = potential(snaps)

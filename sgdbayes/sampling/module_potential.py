@@ -1,0 +1,242 @@
+"""The potential of users' own ``nn.Module`` s: stacked with ``torch.func`` (``functional_call``
++ ``vmap``), for any architecture (the protocol of :mod:`sgdbayes.sampling.potentials`).
+
+Rows are **groups x chains**: group k -- one module of a list (:class:`ModulePotential`), or
+one weight snapshot of a single module (:meth:`ModulePotential.of_snapshots`, the tracker's
+LLC) -- holds rows ``k * r + c``. The rows are the group's *sampled* parameters; every other
+tensor (frozen parameters, buffers, untracked parameters of a snapshot) is the group's
+constant. A constant that is the *same tensor object* in every group (a frozen backbone
+shared by all snapshots) is held once, never repeated per group or chain. Rows are evaluated
+by two nested ``vmap`` s (groups, then chains) on the potential's own copy of the module.
+
+The loss of a row is ``evaluate(module, batch)`` when given (the module with the row's
+tensors swapped in; ``batch`` the minibatch in the data's own form: a tuple or a dict of
+tensors), else ``criterion(module(x), y)``, which must be a *mean* over the batch (default
+mean cross-entropy over every output position, for integer labels). The full-data loss
+(``idx`` None) is the example-weighted mean over consecutive chunks of
+:attr:`ModulePotential.full_chunk` examples (one chunk, i.e. exactly the mean loss, when
+``n <= full_chunk``).
+
+Row shards (:meth:`ModulePotential.rows`) each get their own module copy:
+``functional_call`` swaps tensors *into* the module while it runs, so two threads must never
+share one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data_args import SamplingData
+from .potentials import BasePotential
+
+__all__ = ["ModulePotential"]
+
+
+class _RowLoss:
+    """``evaluate(module, batch)``, or ``criterion(module(x), y)`` (default mean cross-entropy)."""
+
+    def __init__(self, criterion: Optional[Callable] = None, evaluate: Optional[Callable] = None):
+        self.criterion, self.evaluate = criterion, evaluate
+
+    def __call__(self, module: nn.Module, batch) -> Tensor:
+        if self.evaluate is not None:
+            return self.evaluate(module, batch)
+        x, y = batch
+        out = module(x)
+        if self.criterion is None:
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        return self.criterion(out, y)
+
+
+class _Bound(nn.Module):
+    """``forward(batch) = loss(module, batch)``: lets ``functional_call`` swap the module's tensors."""
+
+    def __init__(self, module: nn.Module, loss: _RowLoss):
+        super().__init__()
+        self.model = module
+        self.loss = loss
+
+    def forward(self, batch):
+        return self.loss(self.model, batch)
+
+
+class ModulePotential(BasePotential):
+    """Stacked ``nn.Module`` s of one architecture as flat weights ``[K, P]`` (trainable
+    parameters in ``named_parameters()`` order, = ``parameters_to_vector`` of those). Buffers
+    and frozen parameters (``requires_grad=False``) are each module's own constants. The
+    modules' train/eval mode is kept (and stated as :attr:`mode`)."""
+
+    shardable = True
+    full_chunk = 1024
+
+    def __init__(self, modules: Sequence[nn.Module], data: SamplingData, criterion: Optional[Callable] = None,
+                 evaluate: Optional[Callable] = None):
+        modules = _check_modules(modules)
+        if criterion is not None and evaluate is not None:
+            raise ValueError("give criterion= or evaluate=, not both")
+        if evaluate is None and data.is_dict:
+            raise ValueError("the data yields dict batches: pass evaluate=(model, batch) -> mean loss")
+        if evaluate is None and len(data.columns) != 2:
+            raise ValueError(f"the data has {len(data.columns)} columns: criterion(model(x), y) needs (x, y); "
+                             f"pass evaluate=(model, batch) -> mean loss")
+        if evaluate is None and criterion is None and data.y.is_floating_point():
+            raise ValueError(f"the targets are {data.y.dtype}: cross-entropy (the default) needs integer class "
+                             f"labels; pass criterion= (a mean loss, e.g. torch.nn.functional.mse_loss)")
+        named = [(n, p) for n, p in modules[0].named_parameters() if p.requires_grad]
+        consts = [dict([(n, p.detach()) for n, p in m.named_parameters() if not p.requires_grad]
+                       + [(n, b.detach()) for n, b in m.named_buffers()]) for m in modules]
+        self._setup(modules[0], [n for n, _ in named], [tuple(p.shape) for _, p in named], consts, data,
+                    _RowLoss(criterion, evaluate))
+        self._w_star = torch.stack([torch.cat([p.detach().reshape(-1) for n, p in m.named_parameters()
+                                               if p.requires_grad]) for m in modules])
+        self.frozen = [n for n, p in modules[0].named_parameters() if not p.requires_grad]
+        if criterion is not None:
+            _check_mean_reduction(criterion, modules[0], data)
+
+    @classmethod
+    def of_snapshots(cls, module: nn.Module, names: Sequence[str], shapes: Sequence[tuple],
+                     fixed: Sequence[Mapping[str, Tensor]], data: SamplingData,
+                     evaluate: Callable) -> "ModulePotential":
+        """K weight snapshots of one module: rows hold the parameters ``names`` (shapes
+        ``shapes``); ``fixed[k]`` maps every other parameter and buffer name to its value at
+        snapshot k (the same object in every snapshot when it did not change). ``module`` is
+        evaluated in the mode it is in (the tracker passes an eval-mode copy)."""
+        self = cls.__new__(cls)
+        if not fixed:
+            raise ValueError("of_snapshots needs at least one snapshot")
+        self._setup(module, names, shapes, fixed, data, _RowLoss(evaluate=evaluate))
+        self._w_star = None
+        tracked = set(names)
+        self.frozen = [n for n, _ in module.named_parameters() if n not in tracked]
+        return self
+
+    def _setup(self, module, names, shapes, consts, data, loss) -> None:
+        keys = list(consts[0])
+        if any(list(c) != keys for c in consts):
+            raise ValueError("the groups hold different sets of constant tensors")
+        base = copy.deepcopy(module)
+        base.requires_grad_(False)
+        self._template, self._loss, self._consts = module, loss, consts
+        self._bound = _Bound(base, loss)
+        self.names = list(names)
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.numels = [math.prod(s) for s in self.shapes]
+        self.n_params = int(sum(self.numels))
+        self.K = len(consts)
+        self._shared, self._stacked = {}, {}
+        for k in keys:
+            vals = [c[k] for c in consts]
+            if all(v is vals[0] for v in vals):
+                self._shared[f"model.{k}"] = vals[0]
+            else:
+                self._stacked[f"model.{k}"] = torch.stack(vals)
+        self.data, self.n = data, data.n
+        self.mode = _mode_of(base)
+        bound = self._bound
+
+        def f(p, stacked, shared, batch):
+            return torch.func.functional_call(bound, (p, stacked, shared), (batch,))
+
+        # outer vmap over groups (their constants), inner over a group's chains
+        self._rows_fn = torch.func.vmap(torch.func.vmap(f, in_dims=(0, None, None, 0)), in_dims=(0, 0, None, 0))
+        self._full_fn = torch.func.vmap(torch.func.vmap(f, in_dims=(0, None, None, None)),
+                                        in_dims=(0, 0, None, None))
+
+    @property
+    def w_star(self) -> Tensor:
+        """Flat trainable weights ``[K, P]`` of the given modules (None for snapshots: the
+        tracker holds them)."""
+        return self._w_star
+
+    def rows(self, a: int, b: int, M: int) -> "ModulePotential":
+        """Rows ``a .. b-1`` of ``M = K * r``: a potential with its own module copy whose groups
+        are the shard's (whole groups when the shard is aligned to them, else one row each)."""
+        if M % self.K:
+            raise ValueError(f"{M} rows for {self.K} groups: rows must be groups x chains")
+        r = M // self.K
+        if a % r == 0 and b % r == 0:
+            groups = range(a // r, b // r)
+        else:
+            groups = [m // r for m in range(a, b)]
+        part = copy.copy(self)
+        part._setup(self._template, self.names, self.shapes, [self._consts[k] for k in groups], self.data, self._loss)
+        part._w_star = None if self._w_star is None else self._w_star[list(groups)]
+        return part
+
+    def __call__(self, w: Tensor, idx: Optional[Tensor]) -> Tensor:
+        M = w.shape[0]
+        if M % self.K != 0 or w.shape[1] != self.n_params:
+            raise ValueError(f"ModulePotential got w of shape {tuple(w.shape)}; expected [K * chains, "
+                             f"{self.n_params}] with K = {self.K} (rows k * chains + c)")
+        r = M // self.K
+        parts = torch.split(w, self.numels, dim=1)
+        p = {f"model.{n}": t.reshape(self.K, r, *s) for n, t, s in zip(self.names, parts, self.shapes)}
+        if idx is not None:
+            batch = self.data.select(idx.reshape(self.K, r, -1))
+            return self._rows_fn(p, self._stacked, self._shared, batch).reshape(M)
+        total = None
+        for chunk, count in self.data.chunks(self.full_chunk):
+            part = self._full_fn(p, self._stacked, self._shared, chunk)
+            if count == self.n:  # a single chunk: exactly the mean loss
+                return part.reshape(M)
+            part = part * (count / self.n)
+            total = part if total is None else total + part
+        return total.reshape(M)
+
+
+def _check_modules(modules) -> list:
+    if isinstance(modules, nn.Module):
+        raise ValueError("pass a list of modules (e.g. [model]); estimate_llc stacks several models of one "
+                         "architecture")
+    modules = list(modules)
+    if not modules or not all(isinstance(m, nn.Module) for m in modules):
+        raise ValueError("modules must be a non-empty list of nn.Module")
+    sig = [(n, tuple(p.shape), p.requires_grad) for n, p in modules[0].named_parameters()]
+    if not any(g for _, _, g in sig):
+        raise ValueError(f"{type(modules[0]).__name__} has no trainable parameters (none, or all "
+                         f"requires_grad=False): nothing to sample")
+    for i, m in enumerate(modules[1:], 1):
+        if [(n, tuple(p.shape), p.requires_grad) for n, p in m.named_parameters()] != sig:
+            raise ValueError(f"all modules must share one architecture: module {i}'s parameters (names, shapes "
+                             f"or requires_grad) differ from module 0's")
+    for m in modules:
+        if m.training:
+            for sub in m.modules():
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                    raise ValueError("a module is in train mode with BatchNorm: sampling would use each minibatch's "
+                                     "statistics and update the running ones; call .eval() on the modules first "
+                                     "(BatchNorm then uses its running statistics, a fixed function of the weights, "
+                                     "and the batched sampler handles it)")
+                if isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0:
+                    raise ValueError("a module is in train mode with dropout: the loss would be random; call "
+                                     ".eval() on the modules first")
+    return modules
+
+
+def _mode_of(m: nn.Module) -> str:
+    return "train (no batch norm or dropout)" if m.training else "eval"
+
+
+def _check_mean_reduction(criterion, module: nn.Module, data: SamplingData) -> None:
+    """The criterion must average over the batch: its value on a batch and on that batch
+    duplicated must agree (a sum doubles)."""
+    if isinstance(criterion, nn.modules.loss._Loss) and criterion.reduction != "mean":
+        raise ValueError(f"criterion has reduction={criterion.reduction!r}; the LLC needs the mean loss of a batch "
+                         f"(reduction='mean')")
+    x, y = data.x[:4], data.y[:4]
+    with torch.no_grad():
+        out = copy.deepcopy(module)(x)
+        a = criterion(out, y)
+        b = criterion(torch.cat([out, out]), torch.cat([y, y]))
+    if not (isinstance(a, Tensor) and a.numel() == 1):
+        raise ValueError(f"criterion must return one number (the batch's mean loss), got shape "
+                         f"{tuple(getattr(a, 'shape', ()))}")
+    if not torch.isclose(a, b, rtol=1e-4, atol=1e-8):
+        raise ValueError("criterion does not return the batch's mean loss (doubling the batch changed it: a sum?); "
+                         "use reduction='mean'")

@@ -33,6 +33,17 @@ def test_declared_with_the_papers_settings(study):
     assert len(architectures(cfg.arch)) == n_rows
 
 
+def test_residual_layout_reproduces_table6_parameter_counts():
+    """The ResNet layout read off Table 6 gives its five parameter counts exactly on CIFAR-10."""
+    from sgdbayes.models import ResNet
+    from sgdbayes.paper import load_table
+
+    tab = load_table(6)
+    for ch, n in zip(tab["channels"], tab["num_params"]):
+        m = ResNet(tuple(int(c) for c in str(ch).split(",")), in_channels=3, n_classes=10)
+        assert sum(p.numel() for p in m.parameters()) == n, ch
+
+
 def test_architectures_scaled_and_selected():
     t = architectures(ArchConfig(family="cnn"))
     assert [list(c) for c in t["channels_here"]] == [[32], [32, 64], [32, 64, 128], [64, 128, 256]]

@@ -161,8 +161,9 @@ def _methods(r: dict) -> str:
         f"channels divided by {arch['channel_divisor']} (1 = the paper's); Xavier-uniform init, zero bias, ReLU "
         f"(App I.3). Parameter counts here: {[x['n_params'] for x in r['arch']]}; the paper's: "
         f"{[x['paper_params'] for x in r['arch']]}."
-        + (" The residual block layout is not stated in the paper and no simple layout reproduces Table 6's counts "
-           "(docs/models.md)." if arch["family"] == "resnet" else ""),
+        + (f" The residual layout (not stated in the paper; {arch['blocks']} block(s) per later stage) is read off "
+           "Table 6's counts, which it reproduces exactly at full width with 2 blocks (docs/models.md)."
+           if arch["family"] == "resnet" else ""),
         f"**SGD**: lr {fmt_num(tr['lr'])} (paper 0.001), momentum {fmt_num(tr['momentum'])}, batch "
         f"{tr['batch_size']} (paper 64), {tr['epochs']} epochs = {e['total_steps']} steps, {e['n_seeds']} seed(s) per "
         f"architecture (paper: one run each), one batched ensemble per architecture.",

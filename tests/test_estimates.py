@@ -98,6 +98,56 @@ def test_mala_acceptance_per_chain_near_one_for_tiny_steps_and_falls_with_the_st
     assert "mala_accept" in accs[0].to_frame().columns
 
 
+class _Regression:
+    """Least squares on 200 points: the minibatch loss varies from batch to batch."""
+
+    def __init__(self):
+        from sgdbayes.sampling import BasePotential
+
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randn(200, 3, dtype=torch.float64, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + torch.randn(200, dtype=torch.float64,
+                                                                                             generator=g)
+        outer = self
+
+        class Pot(BasePotential):
+            n, n_params = 200, 3
+
+            def __call__(self, w, idx):
+                if idx is None:
+                    return 0.5 * (w @ outer.x.T - outer.y).square().mean(-1)
+                r = (outer.x[idx] * w[:, None, :]).sum(-1)             # [M, B]
+                return 0.5 * (r - outer.y[idx]).square().mean(-1)
+
+        self.pot = Pot()
+        self.w_star = torch.linalg.lstsq(self.x, self.y).solution[None]
+
+
+def _accept(reg, eps, batch, mode):
+    cfg = LLCConfig(step_size=eps, localization=10.0, nbeta=50.0, num_chains=2, num_draws=80, batch_size=batch,
+                    mala_transitions=40, mala_batch=mode, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return estimate_llc_potential(reg.pot, reg.w_star, cfg)
+
+
+def test_mala_acceptance_on_the_steps_own_batch_measures_discretization_only():
+    """With minibatches devinterp's measure (each end on its own step's batch) keeps the
+    batch-to-batch noise nβ (L_B(w) - L_B'(w')) as ε -> 0; on the step's own batch the acceptance
+    tends to 1. Full batch: the two are the same number. The draws never depend on the measure."""
+    reg = _Regression()
+    same = [float(np.nanmean(_accept(reg, e, 10, "same").mala_chain)) for e in (1e-3, 1e-7)]
+    dev = [float(np.nanmean(_accept(reg, e, 10, "devinterp").mala_chain)) for e in (1e-3, 1e-7)]
+    assert same[1] > 0.999 and same[0] < same[1]
+    assert dev[1] < 0.95 and abs(dev[1] - dev[0]) < 0.1       # a floor that a smaller step does not lift
+    a, b = _accept(reg, 1e-3, None, "same"), _accept(reg, 1e-3, None, "devinterp")
+    np.testing.assert_array_equal(a.mala_chain, b.mala_chain)
+    np.testing.assert_array_equal(_accept(reg, 1e-3, 10, "same").loss_traces,
+                                  _accept(reg, 1e-3, 10, "devinterp").loss_traces)
+    with pytest.raises(ValueError, match="mala_batch"):
+        LLCConfig(mala_batch="other")
+
+
 def test_trend_check_per_chain_flags_opposite_drifts_the_sum_misses():
     rng = np.random.default_rng(0)
     D = 400

@@ -9,8 +9,9 @@ other cells of the grid.
 
 Every cell gets λ̂ (mean over chains of nβ (mean draw loss − L(w*))), its chain std, the
 per-chain trend z (:func:`sgdbayes.sampling.llc_checks.chain_trends`) and the MALA acceptance of
-each step (:func:`sgdbayes.sampling.mala.mala_log_acceptance`, computed from the loss and
-gradient the step itself evaluates, as devinterp does). The recommendation follows stated
+each step (:func:`sgdbayes.sampling.mala.mala_log_acceptance`'s formula, both ends of a transition
+on the minibatch the step used, as ``LLCConfig(mala_batch="same")``; with minibatches that is one
+extra loss-and-gradient evaluation per step, with full batch none). The recommendation follows stated
 criteria, in order:
 
 1. **stationarity**: no chain's |trend z| exceeds ``trend_z`` Bonferroni-corrected for C chains;
@@ -152,21 +153,29 @@ def _run_grid(pot, w_star: Tensor, cells: pd.DataFrame, grid: CalibrationGrid, n
     D, B0 = grid.num_draws, grid.num_burnin_steps
     losses = np.full((M, D), np.nan)
     accept = np.full((M, D), np.nan)
-    prev = None
-    for i in range(B0 + D):
-        loss, g = pot.loss_and_grad(w.to(dt), streams.next_batch())
+
+    def energy(w, batch):
+        loss, g = pot.loss_and_grad(w.to(dt), batch)
         loss, g = loss.double(), g.double()
-        U = nb[:, 0] * loss + 0.5 * gam[:, 0] * (w - center).square().sum(1)
-        G_ = nb * g + gam * (w - center)
-        if prev is not None and i >= B0:
-            accept[:, i - B0] = _acceptance(prev, (w, U, G_), eps).cpu().numpy()
+        return loss, nb[:, 0] * loss + 0.5 * gam[:, 0] * (w - center).square().sum(1), nb * g + gam * (w - center)
+
+    ahead = None      # full batch: the energy at the new point is the next step's own
+    for i in range(B0 + D):
+        batch = streams.next_batch()
+        loss, U, G_ = ahead if ahead is not None else energy(w, batch)
         if i >= B0:
             losses[:, i - B0] = loss.cpu().numpy()
-        prev = (w, U, G_)
-        w = w - 0.5 * eps * G_ + eps.sqrt() * streams.noise().double()
-        bad = ~torch.isfinite(w).all(1)
+        w1 = w - 0.5 * eps * G_ + eps.sqrt() * streams.noise().double()
+        bad = ~torch.isfinite(w1).all(1)
         if bad.any():
-            w = torch.where(bad[:, None], center, w)
+            w1 = torch.where(bad[:, None], center, w1)
+        ahead = None
+        if B0 <= i + 1 < B0 + D:   # the transition into draw i + 1, both ends on this step's batch
+            here = energy(w1, batch)
+            acc = _acceptance((w, U, G_), (w1, here[1], here[2]), eps)
+            accept[:, i + 1 - B0] = torch.where(bad, torch.full_like(acc, float("nan")), acc).cpu().numpy()
+            ahead = here if batch is None else None
+        w = w1
     return losses.reshape(G, C, D), accept.reshape(G, C, D), l0
 
 

@@ -54,7 +54,7 @@ def estimate_llc_potential(potential, w_star: Tensor, config: Optional[LLCConfig
     w0 = w_star.detach().repeat_interleave(C, dim=0)
     streams = ChainStreams(chain_seeds(config.seed, ids, C), n=n, batch_size=config.batch_size, n_params=P,
                            device=w_star.device, dtype=w_star.dtype)
-    obs = ([MALAAcceptance.for_draws(kernel, config.schedule, config.mala_transitions)]
+    obs = ([MALAAcceptance.for_draws(kernel, config.schedule, config.mala_transitions, config.mala_batch)]
            if config.mala_transitions else [])
     run = run_chains(pot, w0, kernel, config.schedule, streams, observers=obs, progress=progress,
                      desc=f"LLC K={K} x {C} chains")

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from .._validation import check_float, check_int
+from .._validation import check_choice, check_float, check_int
 from ..stats.results import Result, decode, estimate_row, register
 from .chains import DrawSchedule
+from .mala import MALA_BATCHES
 from .sgld import SGLDConfig, default_nbeta
 
 __all__ = ["LLCConfig", "LLCResult", "finalize", "model_ids_of"]
@@ -53,7 +54,9 @@ class LLCConfig:
     Bonferroni-corrected for several), mala_transitions (transitions per chain whose MALA
     acceptance is measured, evenly spread over the draws; 0 = not measured), mala_target and
     mala_tol (a chain is flagged when its mean acceptance is further than mala_tol from
-    mala_target).
+    mala_target), mala_batch (``"same"``: both ends of a measured transition on the minibatch
+    the step used, the discretization error only; ``"devinterp"``: each end on its own step's
+    minibatch, as devinterp 1.x, which adds minibatch noise; docs/estimates.md).
 
     Presets: :meth:`paper` (Table 3: ε 1e-5, γ 100, 1 chain, 400 draws, 0 burn-in, 1 step
     between draws; batch 128), :meth:`equilibrating` (ε 1e-4, γ 100 → relaxation time
@@ -76,6 +79,7 @@ class LLCConfig:
     mala_transitions: int = 50
     mala_target: float = 0.9
     mala_tol: float = 0.1
+    mala_batch: str = "same"
 
     def __post_init__(self):
         check_float("step_size (epsilon)", self.step_size, 0.0, strict_min=True)
@@ -86,6 +90,7 @@ class LLCConfig:
         object.__setattr__(self, "mala_transitions", check_int("mala_transitions", self.mala_transitions, 0))
         check_float("mala_target", self.mala_target, 0.0, 1.0, strict_min=True)
         check_float("mala_tol", self.mala_tol, 0.0, 1.0, strict_min=True)
+        check_choice("mala_batch", self.mala_batch, MALA_BATCHES)
         if isinstance(self.nbeta, str):
             if self.nbeta not in ("batch", "n"):
                 raise ValueError(f"nbeta must be 'batch' (B/log B), 'n' (n/log n) or a number > 0, got {self.nbeta!r}")

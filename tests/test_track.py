@@ -207,6 +207,19 @@ def test_row_shards_of_snapshots_with_their_own_constants_equal_the_whole(tmp_pa
         ref = nn.functional.cross_entropy(h @ w[4, :16].reshape(2, 8).T + w[4, 16:], y)
     torch.testing.assert_close(full[4], ref)
 
+    # cache-sized row blocks on the CPU (whole snapshots, or chains of one snapshot) change nothing
+    wd, xd = w.double(), (x.double(), y)
+    potd = ModulePotential.of_snapshots(model.double(), names, [(2, 8), (2,)],
+                                        [{k: v.double() for k, v in f.items()} for f in fixed], sampling_data(xd),
+                                        CriterionLoss())
+    whole = potd.loss_and_grad(wd, idx)
+    for examples in (48, 16, 10**9):            # 3 rows (one snapshot), 1 row, no blocking
+        potd.cpu_block_examples = examples
+        assert len(potd._blocks(3, 16, wd.device)) == {48: 3, 16: 9, 10**9: 1}[examples]
+        got = potd.loss_and_grad(wd, idx)
+        torch.testing.assert_close(got[0], whole[0], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got[1], whole[1], rtol=1e-12, atol=1e-14)
+
     out = {}
     cfg = LLCConfig(step_size=1e-4, num_chains=3, num_draws=10, batch_size=32)
     threads = torch.get_num_threads()

@@ -74,6 +74,10 @@ class ModulePotential(BasePotential):
 
     shardable = True
     full_chunk = 1024
+    #: rows x examples evaluated together on the CPU: the loss and gradient of 16 rows of a digits
+    #: CNN (16, 32 channels, batch 128, one thread) took 0.69 of the time in blocks of 4 rows
+    #: (512) and 0.74 in blocks of 8 than all at once (cache); blocks of one row were 20 % slower
+    cpu_block_examples = 512
 
     def __init__(self, modules: Sequence[nn.Module], data: SamplingData, criterion: Optional[Callable] = None,
                  evaluate: Optional[Callable] = None):
@@ -169,25 +173,66 @@ class ModulePotential(BasePotential):
         part._w_star = None if self._w_star is None else self._w_star[list(groups)]
         return part
 
-    def __call__(self, w: Tensor, idx: Optional[Tensor]) -> Tensor:
+    def _split(self, w: Tensor) -> tuple[dict, int]:
         M = w.shape[0]
         if M % self.K != 0 or w.shape[1] != self.n_params:
             raise ValueError(f"ModulePotential got w of shape {tuple(w.shape)}; expected [K * chains, "
                              f"{self.n_params}] with K = {self.K} (rows k * chains + c)")
         r = M // self.K
         parts = torch.split(w, self.numels, dim=1)
-        p = {f"model.{n}": t.reshape(self.K, r, *s) for n, t, s in zip(self.names, parts, self.shapes)}
+        return {f"model.{n}": t.reshape(self.K, r, *s) for n, t, s in zip(self.names, parts, self.shapes)}, r
+
+    def _group_losses(self, p: dict, stacked: dict, idx: Optional[Tensor]) -> Tensor:
+        """Losses ``[g, c]`` of rows ``p`` (``[g, c, ...]``) of g groups (constants ``stacked``
+        ``[g, ...]``), on minibatches ``idx [g, c, B]`` or the full data."""
         if idx is not None:
-            batch = self.data.select(idx.reshape(self.K, r, -1))
-            return self._rows_fn(p, self._stacked, self._shared, batch).reshape(M)
+            return self._rows_fn(p, stacked, self._shared, self.data.select(idx))
         total = None
         for chunk, count in self.data.chunks(self.full_chunk):
-            part = self._full_fn(p, self._stacked, self._shared, chunk)
+            part = self._full_fn(p, stacked, self._shared, chunk)
             if count == self.n:  # a single chunk: exactly the mean loss
-                return part.reshape(M)
+                return part
             part = part * (count / self.n)
             total = part if total is None else total + part
-        return total.reshape(M)
+        return total
+
+    def __call__(self, w: Tensor, idx: Optional[Tensor]) -> Tensor:
+        p, r = self._split(w)
+        return self._group_losses(p, self._stacked, None if idx is None else idx.reshape(self.K, r, -1)).reshape(-1)
+
+    def _blocks(self, r: int, batch: int, device) -> list[tuple[int, int, int, int]]:
+        """``(k0, k1, c0, c1)``: groups k0..k1-1, chains c0..c1-1, at most :attr:`cpu_block_examples`
+        rows x examples each on the CPU (whole groups when they fit); one block elsewhere."""
+        per = max(1, self.cpu_block_examples // max(1, batch))
+        if device.type != "cpu" or per >= self.K * r:
+            return [(0, self.K, 0, r)]
+        if per >= r:
+            g = per // r
+            return [(k, min(self.K, k + g), 0, r) for k in range(0, self.K, g)]
+        return [(k, k + 1, c, min(r, c + per)) for k in range(self.K) for c in range(0, r, per)]
+
+    def loss_and_grad(self, w: Tensor, idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Loss and gradient, rows evaluated in cache-sized blocks on the CPU (each row's numbers
+        do not depend on the blocking)."""
+        r = w.shape[0] // max(1, self.K)
+        blocks = self._blocks(r, self.n if idx is None else idx.shape[-1], w.device)
+        if len(blocks) == 1:
+            return super().loss_and_grad(w, idx)
+        loss = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
+        grad = torch.empty_like(w)
+        rows = torch.arange(w.shape[0], device=w.device).reshape(self.K, r)
+        idx3 = None if idx is None else idx.reshape(self.K, r, -1)
+        for k0, k1, c0, c1 in blocks:
+            sel = rows[k0:k1, c0:c1].reshape(-1)
+            wg = w[sel].detach().requires_grad_(True)
+            with torch.enable_grad():
+                parts = torch.split(wg, self.numels, dim=1)
+                p = {f"model.{n}": t.reshape(k1 - k0, c1 - c0, *s) for n, t, s in zip(self.names, parts, self.shapes)}
+                stacked = {n: v[k0:k1] for n, v in self._stacked.items()}
+                lb = self._group_losses(p, stacked, None if idx3 is None else idx3[k0:k1, c0:c1]).reshape(-1)
+                (gb,) = torch.autograd.grad(lb.sum(), wg)
+            loss[sel], grad[sel] = lb.detach(), gb
+        return loss, grad
 
 
 def _check_modules(modules) -> list:

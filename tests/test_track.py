@@ -213,9 +213,11 @@ def test_row_shards_of_snapshots_with_their_own_constants_equal_the_whole(tmp_pa
                                         [{k: v.double() for k, v in f.items()} for f in fixed], sampling_data(xd),
                                         CriterionLoss())
     whole = potd.loss_and_grad(wd, idx)
-    for examples in (48, 16, 10**9):            # 3 rows (one snapshot), 1 row, no blocking
-        potd.cpu_block_examples = examples
-        assert len(potd._blocks(3, 16, wd.device)) == {48: 3, 16: 9, 10**9: 1}[examples]
+    eb = potd.example_bytes()
+    assert eb == 8 * (8 + 8 + 2)                 # float64 outputs of Linear(5, 8), ReLU, Linear(8, 2)
+    for rows, blocks in ((3, 3), (1, 9), (10**6, 1)):   # one snapshot, one row, no blocking
+        potd.cpu_block_bytes = rows * 16 * eb
+        assert len(potd._blocks(3, 16, wd.device)) == blocks
         got = potd.loss_and_grad(wd, idx)
         torch.testing.assert_close(got[0], whole[0], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(got[1], whole[1], rtol=1e-12, atol=1e-14)

@@ -74,10 +74,12 @@ class ModulePotential(BasePotential):
 
     shardable = True
     full_chunk = 1024
-    #: rows x examples evaluated together on the CPU: the loss and gradient of 16 rows of a digits
-    #: CNN (16, 32 channels, batch 128, one thread) took 0.69 of the time in blocks of 4 rows
-    #: (512) and 0.74 in blocks of 8 than all at once (cache); blocks of one row were 20 % slower
-    cpu_block_examples = 512
+    #: activation bytes of the rows evaluated together on the CPU: the loss and gradient of 16 rows
+    #: of a digits CNN (16, 32 channels, 25 kB of activations per example, batch 128, one thread)
+    #: took 0.69 of the time in blocks of 4 rows (13 MB) and 0.74 in blocks of 8 than all at once
+    #: (cache); blocks of one row were 20 % slower (per-call overhead), so small models (an MLP's
+    #: 1 kB per example) are not split
+    cpu_block_bytes = 24 << 20
 
     def __init__(self, modules: Sequence[nn.Module], data: SamplingData, criterion: Optional[Callable] = None,
                  evaluate: Optional[Callable] = None):
@@ -200,16 +202,39 @@ class ModulePotential(BasePotential):
         p, r = self._split(w)
         return self._group_losses(p, self._stacked, None if idx is None else idx.reshape(self.K, r, -1)).reshape(-1)
 
+    def example_bytes(self) -> int:
+        """Bytes of the outputs of every leaf module for one example (measured once, on the
+        potential's own module copy with its own weights)."""
+        if getattr(self, "_example_bytes", None) is None:
+            total = [0]
+
+            def hook(mod, inp, out):
+                for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(t, Tensor):
+                        total[0] += t.numel() * t.element_size()
+
+            leaves = [m for m in self._bound.model.modules() if not list(m.children())]
+            handles = [m.register_forward_hook(hook) for m in leaves]
+            try:
+                with torch.no_grad():
+                    self._bound(next(self.data.chunks(1))[0])
+            finally:
+                for h in handles:
+                    h.remove()
+            self._example_bytes = max(1, total[0])
+        return self._example_bytes
+
     def _blocks(self, r: int, batch: int, device) -> list[tuple[int, int, int, int]]:
-        """``(k0, k1, c0, c1)``: groups k0..k1-1, chains c0..c1-1, at most :attr:`cpu_block_examples`
-        rows x examples each on the CPU (whole groups when they fit); one block elsewhere."""
-        per = max(1, self.cpu_block_examples // max(1, batch))
-        if device.type != "cpu" or per >= self.K * r:
+        """``(k0, k1, c0, c1)``: groups k0..k1-1, chains c0..c1-1, about :attr:`cpu_block_bytes` of
+        activations each on the CPU (whole groups when they fit); one block elsewhere."""
+        if device.type != "cpu":
             return [(0, self.K, 0, r)]
-        if per >= r:
-            g = per // r
-            return [(k, min(self.K, k + g), 0, r) for k in range(0, self.K, g)]
-        return [(k, k + 1, c, min(r, c + per)) for k in range(self.K) for c in range(0, r, per)]
+        per = max(1, self.cpu_block_bytes // (self.example_bytes() * max(1, batch)))
+        if per >= self.K * r:
+            return [(0, self.K, 0, r)]
+        if per >= r:   # whole groups, in blocks of (nearly) equal size
+            return [(a, b, 0, r) for a, b in _even(self.K, per // r)]
+        return [(k, k + 1, a, b) for k in range(self.K) for a, b in _even(r, per)]
 
     def loss_and_grad(self, w: Tensor, idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Loss and gradient, rows evaluated in cache-sized blocks on the CPU (each row's numbers
@@ -233,6 +258,13 @@ class ModulePotential(BasePotential):
                 (gb,) = torch.autograd.grad(lb.sum(), wg)
             loss[sel], grad[sel] = lb.detach(), gb
         return loss, grad
+
+
+def _even(n: int, most: int) -> list[tuple[int, int]]:
+    """``0 .. n`` in ``ceil(n / most)`` consecutive ranges of (nearly) equal size."""
+    parts = -(-n // max(1, most))
+    edges = [round(i * n / parts) for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def _check_modules(modules) -> list:

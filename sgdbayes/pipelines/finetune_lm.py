@@ -26,6 +26,7 @@ import numpy as np
 
 from .._validation import check_float, check_int, check_seed
 from ..runner.orchestrate import Stage
+from ..stats.summaries import summarize
 from .finetune_common import phase_fits, phase_tests
 
 __all__ = ["LMConfig", "load_tokens", "lm_model", "STAGES"]
@@ -67,11 +68,9 @@ class LMConfig:
             raise ValueError(f"d_model = {self.d_model} must be a multiple of lm.n_heads = {self.n_heads}")
 
     def input_files(self) -> list:
-        from ..models.pretrained import hf_folder_files, is_hf_folder
+        from ..models.pretrained import hf_folder_files
 
-        out = hf_folder_files(self.weights) if self.weights and is_hf_folder(self.weights) else \
-            ([self.weights] if self.weights else [])
-        return out + ([self.tokens] if self.tokens else [])
+        return hf_folder_files(self.weights) + hf_folder_files(self.tokens)
 
     def preflight(self) -> None:
         """Read the model and the tokens once, so a wrong path or format stops the run before any stage."""
@@ -217,7 +216,8 @@ def stage_lm_analysis(ctx) -> dict[str, Any]:
                         "Table 1, TinyStories rows: α 0.32–0.49")
     t1 = load_table(1)
     lm_rows = t1[~t1["model"].str.match(r"ResNet|VGG")]
-    return {"runs": runs, "summary": summary, "hypotheses": tests,
+    loss = {k: summarize(ct[f"final_{k}_loss"], c.fit.level, an.seed, n_boot=an.n_boot) for k in ("train", "test")}
+    return {"runs": runs, "summary": summary, "hypotheses": tests, "final_loss": loss,
             "paper_table1_lm": lm_rows.to_dict("records"), "paper_table4": load_table(4).to_dict("records")}
 
 

@@ -20,8 +20,7 @@ def build_lm(ctx) -> dict:
     return {"summary": an["summary"], "paper_table1_lm": an["paper_table1_lm"], "paper_table4": an["paper_table4"],
             "runs": an["runs"].drop(columns=["notes"], errors="ignore").to_dict("records"),
             "model": {k: pre[k] for k in keep if k in pre}, "nbeta": ct["nbeta"],
-            "final_train_loss": [float(v) for v in ct["final_train_loss"]],
-            "final_test_loss": [float(v) for v in ct["final_test_loss"]]}
+            "final_train_loss": [float(v) for v in ct["final_train_loss"]], "final_loss": an["final_loss"]}
 
 
 def lm_figure(ctx, path: Path, dpi: int) -> Path:
@@ -58,8 +57,8 @@ def lm_section(r: dict) -> list[str]:
     return ["## Language model (App G.3): results beside the paper (Table 1's language rows, Table 4)\n",
             _beside_paper(lm, cfg["lm"]["optimizer"]), "",
             f"Starting point: {start}. After {cfg['lm_sgd']['steps']} steps the training loss is "
-            f"{fmt_num(float(np.median(lm['final_train_loss'])))} (median over seeds), the test loss "
-            f"{fmt_num(float(np.median(lm['final_test_loss'])))}. r² of the fit: {summary_cell(lm['summary']['r2'])}.",
+            f"{fmt_num(lm['final_loss']['train'].median)} (median over seeds), the test loss "
+            f"{fmt_num(lm['final_loss']['test'].median)}. r² of the fit: {summary_cell(lm['summary']['r2'])}.",
             "", "![LM displacement and LLC](figures/fig20_lm_displacement.png)\n"]
 
 

@@ -108,6 +108,12 @@ def test_tied_weights_stay_tied_in_a_module_ensemble():
         assert torch.allclose(spec.apply(w, x, shared=True)[1], spec.module(w[1])(x), atol=1e-6)
 
 
+def test_paper_presets_need_local_weights(tmp_path, capsys):
+    for preset, key in (("paper", "backbone.weights"), ("paper-lm", "lm.weights")):
+        assert main(["finetune", "--preset", preset, "--out", str(tmp_path / preset)]) == 2
+        assert f"needs {key}=PATH" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sets, needle", [
     (["lm.weights=\"{d}/nothere\"", "lm.tokens=\"{d}/t.npy\""], "lm.weights = '{d}/nothere': no such folder"),
     (["lm.weights=\"{d}/empty\"", "lm.tokens=\"{d}/t.npy\""], "lm.weights = '{d}/empty' is not a Hugging Face"),

@@ -69,6 +69,11 @@ class FinetuneConfig(StudyConfig):
             (self.lm.input_files() if "lm" in self.finetune.tasks else [])
 
     def preflight(self) -> None:
+        for task, key, value in (("image", "backbone.weights", self.backbone.weights),
+                                 ("lm", "lm.weights", self.lm.weights)):
+            if self.finetune.local_weights and task in self.finetune.tasks and not value:
+                raise ValueError(f"finetune.local_weights = true (the paper presets) needs {key}=PATH: "
+                                 f"see docs/finetune.md#your-own-weights")
         for task, steps, name in (("image", self.sgd.steps, "sgd.steps"), ("lm", self.lm_sgd.steps, "lm_sgd.steps")):
             if task in self.finetune.tasks and self.llc_schedule.every > steps:
                 raise ValueError(f"llc_schedule.every = {self.llc_schedule.every} exceeds {name} = {steps}")

@@ -21,9 +21,12 @@ __all__ = ["Tasks", "AdamPhase", "SGDPhase", "adam_stop_epoch", "epoch_hook", "p
 class Tasks:
     """``[finetune]``: which variants run -- ``"image"`` (Table 1's vision rows, App G.2: a frozen
     backbone, a new head, Adam then SGD) and / or ``"lm"`` (Table 1's language rows and Table 4,
-    App G.3: an already converged LM trained on)."""
+    App G.3: an already converged LM trained on). ``local_weights``: the variants must start from local
+    weights (``backbone.weights`` / ``lm.weights``; the ``paper`` presets), so a run without them is
+    an error instead of a silent in-study pretraining."""
 
     tasks: tuple[Literal["image", "lm"], ...] = ("image", "lm")
+    local_weights: bool = False
 
     def __post_init__(self):
         if not self.tasks:

@@ -49,9 +49,9 @@ def test_quick_with_local_weights_and_end_to_end(tmp_path):
     run_study("finetune", ["quick"], sets=[f"backbone.weights=\"{p}\"", "sgd.seeds=2"], out=out, device="cpu",
               log=lambda m: None)
     r = read_results_json(out / "results.json")
-    assert r["backbone"]["source"].startswith("state_dict")
+    assert r["image"]["backbone"]["source"].startswith("state_dict") and r["lm"] is None
     text = (out / "report.md").read_text()
     for h in r["hypotheses"]:
         assert fmt_estimate(h.estimate, h.ci_low, h.ci_high) in text
     assert {h.id for h in r["hypotheses"]} == {"H1-finetune", "H2"}
-    assert len(r["transition"]) == 2 and "ResNet18" in text and "Sharding" in text
+    assert len(r["image"]["transition"]) == 2 and "ResNet18" in text and "Sharding" in text

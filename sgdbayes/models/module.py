@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .layout import EntryLayout, split_rows
 from .lowering import BatchedContext, NotLowerable, dropout_mask, from_layout, lower, to_layout
 
-__all__ = ["ModuleSpec", "SeededDropout", "fork_all_rng"]
+__all__ = ["ModuleSpec", "SeededDropout", "fork_all_rng", "meta_copy"]
 
 _DROPOUT_TYPES = (nn.Dropout,)
 _UNSUPPORTED_RANDOM = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -48,6 +48,25 @@ def fork_all_rng():
     """``torch.random.fork_rng`` over the CPU and every initialized CUDA device."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     return torch.random.fork_rng(devices=devices)
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """``module`` on the meta device (a shell for ``functional_call``) with its tied parameters
+    still tied: ``.to("meta")`` gives every alias of a shared parameter (a Hugging Face LM's
+    ``lm_head.weight`` = ``wte.weight``) its own tensor, which ``functional_call`` would then
+    leave unset; each alias is pointed back at the first name's parameter."""
+    first: dict[int, str] = {}
+    aliases = []
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases.append((name, first[id(p)]))
+        else:
+            first[id(p)] = name
+    meta = module.to("meta")
+    for alias, name in aliases:
+        owner, _, attr = alias.rpartition(".")
+        setattr(meta.get_submodule(owner), attr, meta.get_parameter(name))
+    return meta
 
 
 class ModuleSpec:
@@ -302,7 +321,7 @@ class _VmapExecutor(_Executor):
                     setattr(mod, name, SeededDropout(child.p, slot))
                     slot += 1
         self.n_slots = slot
-        self.base = base.to("meta")
+        self.base = meta_copy(base)
         self.mask_shapes: dict = {}
 
     def _call(self, p, b, m, x, train):

@@ -1,7 +1,9 @@
-"""Report of the finetune study (paper §4.1 Table 1, App G.2; docs/finetune.md).
+"""Report of the finetune study (paper §4.1 Table 1, App G.2-G.3; docs/finetune.md).
 
-``build`` gathers the stored stage outputs into results.json (the paper's Table 1 rows read in the
-analysis stage), the figures plot stored numbers only, and ``render`` writes report.md.
+``build`` gathers the stored stage outputs into results.json (the paper's Table 1 and 4 rows read in
+the analysis stages), the figures plot stored numbers only, and ``render`` writes report.md. The
+image variant's parts are here, the language model's in :mod:`sgdbayes.reporting.finetune_lm`; a
+variant that did not run (``finetune.tasks``) is absent from results.json (``image`` / ``lm`` None).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .finetune_lm import build_lm, lm_figure, lm_methods, lm_section
 from .format import fmt_estimate, fmt_num
 from .toolkit import (apply_style, header, md_table, methods_section, preset_label, save_figure, study_header,
                       summary_cell, verdict_notes, verdict_table, write_study_report)
@@ -16,9 +19,20 @@ from .toolkit import (apply_style, header, md_table, methods_section, preset_lab
 __all__ = ["write_report", "build", "render"]
 
 
+def _ran(ctx, stage: str) -> bool:
+    return "skipped" not in ctx[stage]
+
+
 def build(ctx) -> dict:
+    image = _build_image(ctx) if _ran(ctx, "analysis") else None
+    lm = build_lm(ctx) if _ran(ctx, "lm_analysis") else None
+    tests = (ctx["analysis"]["hypotheses"] if image else []) + (ctx["lm_analysis"]["hypotheses"] if lm else [])
+    return {**study_header(ctx), "hypotheses": tests, "image": image, "lm": lm}
+
+
+def _build_image(ctx) -> dict:
     pre, ft, an = ctx["pretrain"], ctx["finetune"], ctx["analysis"]
-    return {**study_header(ctx), "summary": an["summary"], "hypotheses": an["hypotheses"], "transition": an["transition"],
+    return {"summary": an["summary"], "transition": an["transition"],
             "transition_coverage": an["transition_coverage"], "paper_table1": an["paper_table1"],
             "runs": an["runs"].drop(columns=["notes"], errors="ignore").to_dict("records"),
             "backbone": {k: pre[k] for k in ("source", "backbone_params", "n_classes") if k in pre}
@@ -52,7 +66,10 @@ def _fig(ctx, r: dict, path: Path) -> Path:
 
 def figures(ctx, r: dict, figdir: Path) -> list[Path]:
     apply_style()
-    return [_fig(ctx, r, Path(figdir) / "fig19_20_displacement.png")]
+    out = [_fig(ctx, r["image"], Path(figdir) / "fig19_20_displacement.png")] if r["image"] else []
+    if r["lm"]:
+        out.append(lm_figure(ctx, Path(figdir) / "fig20_lm_displacement.png", ctx.config.report.dpi))
+    return out
 
 
 def _beside_paper(r: dict) -> str:
@@ -71,18 +88,23 @@ def _transition_table(r: dict) -> str:
                      for t, e in zip(r["transition"], r["stop_epoch"])])
 
 
-def _methods(r: dict) -> str:
-    cfg = r["config"]
+def _image_methods(r: dict) -> list[str]:
+    cfg, im = r["config"], r["image"]
     b, a, s, ls = cfg["backbone"], cfg["adam"], cfg["sgd"], cfg["llc_schedule"]
-    bb = r["backbone"]
-    notes = [
-        f"**Backbone**: ConvNet channels {b['channels']} (Xavier init, no bias), {bb['source']}"
+    bb = im["backbone"]
+    return [
+        "**Backbone**: " + (f"ConvNet channels {b['channels']} (Xavier init, no bias), " if b["arch"] == "convnet"
+                             and not bb["source"].startswith("Hugging") else "")
+        + f"{bb['source']}"
         + (f" with Adam lr {fmt_num(b['lr'])}, batch {b['batch_size']}, {b['pretrain_steps']} steps on digits classes "
            f"0–{b['split_class'] - 1} (test accuracy {fmt_num(bb.get('pretrain_test_acc'))})" if not b["weights"] else "")
         + f"; frozen ({bb['backbone_params']} parameters); its global-pooled features of digits classes "
-        f"{b['split_class']}–9 ({r['n_train']} training images) are the fine-tuning inputs. Differences from the "
-        "paper: a small CNN on 8×8 digits instead of ImageNet ResNet18/34 and VGG on Tiny ImageNet.",
-        f"**Head**: a new linear layer ({r['head_params']} parameters), {s['seeds']} seeds (inits and minibatch orders) "
+        f"{b['split_class']}–9 ({im['n_train']} training images) are the fine-tuning inputs"
+        + ("" if b["arch"] == "convnet" and not b["weights"] else
+           f" (gray images repeated to 3 channels, resized to {b['image_size'] or 'the native size'}, ImageNet mean/std)")
+        + ". Differences from the paper: 8×8 digits instead of Tiny ImageNet"
+        + (", a small CNN instead of ImageNet ResNet18/34 and VGG." if not b["weights"] else "."),
+        f"**Head**: a new linear layer ({im['head_params']} parameters), {s['seeds']} seeds (inits and minibatch orders) "
         "as one batched computation (the paper: one run per model).",
         f"**Adam phase** (App G.2): lr {fmt_num(a['lr'])}, L2 weight decay {fmt_num(a['weight_decay'])}, batch "
         f"{a['batch_size']}, at most {a['max_epochs']} epochs; stop after the first epoch e > {a['patience']} whose full "
@@ -95,28 +117,47 @@ def _methods(r: dict) -> str:
         "**Adam → SGD transition**: on each head's whole curve (Adam to its stop, then SGD; R from the head's "
         "initialization), the two-segment hinge crossover of log R on log t with its interval (App B.3); the "
         "table says whether the interval covers the actual switch step.",
-        "**Sharding**: none declared (one small ensemble in one process).",
     ]
+
+
+def _methods(r: dict) -> str:
+    cfg = r["config"]
+    notes = (_image_methods(r) if r["image"] else []) + (lm_methods(r) if r["lm"] else []) + [
+        f"**Variants run** (`finetune.tasks`): {', '.join(cfg['finetune']['tasks'])}.",
+        "**Sharding**: none declared (one small ensemble per variant in one process)."]
+    seeds = [f"{n} 0..{cfg[sec]['seeds'] - 1}" for n, sec, key in (("heads", "sgd", "image"), ("LM continuations",
+                                                                                                "lm_sgd", "lm")) if r[key]]
     timings = {**r["timing"], "report": {"wall_s": r["timing_report_s"], "device": r["device"], "cached": False}}
-    return methods_section(cfg, seeds=f"0..{s['seeds'] - 1}", device=r["device"], executor="local (this process)",
+    return methods_section(cfg, seeds="; ".join(seeds), device=r["device"], executor="local (this process)",
                            versions=r["versions"], timings=timings, notes=notes)
 
 
-def render(r: dict) -> str:
-    s = r["summary"]
-    cov = r["transition_coverage"]
-    L = [header("Fine-tuning (paper §4.1 Table 1, App G.2)", preset=preset_label(r),
-                seeds=f"{r['config']['sgd']['seeds']} heads", device=r["device"], config_hash=r["config_hash"],
-                generated=r["generated"], wall_total_s=r["wall_total_s"]),
-         "## Verdicts\n", verdict_table(r["hypotheses"]), "", verdict_notes(r["hypotheses"]), "",
-         f"**Adam → SGD transition**: the hinge-crossover interval covers the actual switch step in "
+def _image_section(r: dict) -> list[str]:
+    im = r["image"]
+    s, cov = im["summary"], im["transition_coverage"]
+    L = [f"**Adam → SGD transition**: the hinge-crossover interval covers the actual switch step in "
          f"{fmt_num(100 * cov)} % of heads (table below). r² of the SGD-phase fit: {summary_cell(s['r2'])}.", "",
-         "## Results beside the paper (Table 1)\n", _beside_paper(r), "",
-         "## Adam → SGD transition\n", _transition_table(r), "",
-         "## Figures\n", "![displacement](figures/fig19_20_displacement.png)\n",
-         _methods(r)]
+         "## Image (App G.2): results beside the paper (Table 1)\n", _beside_paper(im), "",
+         "## Adam → SGD transition\n", _transition_table(im), "",
+         "![displacement](figures/fig19_20_displacement.png)\n"]
     if s["fit_errors"]:
-        L.insert(-1, "Runs not fitted: " + "; ".join(s["fit_errors"]) + "\n")
+        L.append("Runs not fitted: " + "; ".join(s["fit_errors"]) + "\n")
+    return L
+
+
+def render(r: dict) -> str:
+    cfg = r["config"]
+    seeds = ", ".join(f"{cfg[sec]['seeds']} {what}" for what, sec, key in
+                      (("heads", "sgd", "image"), ("LM continuations", "lm_sgd", "lm")) if r[key])
+    L = [header("Fine-tuning (paper §4.1 Table 1, App G.2–G.3, Table 4)", preset=preset_label(r), seeds=seeds,
+                device=r["device"], config_hash=r["config_hash"], generated=r["generated"],
+                wall_total_s=r["wall_total_s"]),
+         "## Verdicts\n", verdict_table(r["hypotheses"]), "", verdict_notes(r["hypotheses"]), ""]
+    L += _image_section(r) if r["image"] else []
+    L += lm_section(r) if r["lm"] else []
+    if r["lm"] and r["lm"]["summary"]["fit_errors"]:
+        L.append("LM runs not fitted: " + "; ".join(r["lm"]["summary"]["fit_errors"]) + "\n")
+    L.append(_methods(r))
     return "\n".join(L) + "\n"
 
 

@@ -108,6 +108,10 @@ def _hmc(ctx, spec, data, w0, ids, groups, assign) -> dict[str, Any]:
     why = (f"{'converged' if converged else 'not converged'} after {rc.hmc_num_warmup} warm-up + "
            f"{rc.hmc_num_samples} transitions per chain (R̂(loss) {r.rhat:.4g}, ESS {r.ess:.4g}, R̂(cluster "
            f"assignment) {rhat_labels:.4g}; targets R̂ ≤ {rc.max_rhat:g}, ESS ≥ {rc.min_ess:g})")
+    if r.norm_traces is not None:  # flat or weakly constrained directions drift while the loss looks settled
+        k = max(1, r.norm_traces.shape[1] // 10)
+        why += (f"; mean ‖w‖ {r.norm_traces[:, :k].mean():.4g} → {r.norm_traces[:, -k:].mean():.4g} (first → last "
+                f"10 % of draws), R̂(‖w‖) {r.rhat_norm:.3g}")
     ctx.log(f"    HMC: {why}; acceptance {r.acceptance_rate:.3f}, {r.n_divergent} divergent; {r.wall_s:.1f} s")
     return _record("HMC", "HMC", converged, why, r.rhat, r.ess, labels, g, rhat_labels=float(rhat_labels),
                    acceptance=float(r.acceptance_rate), divergences=int(r.n_divergent),

@@ -390,7 +390,7 @@ def _references_section(r: dict) -> list[str]:
                "is *inconclusive: reference not converged* (docs/estimates.md).\n")
     wd = refs[0].get("weight_decay", math.nan)
     if wd == wd:  # recorded
-        out.append(f"Target of every reference: exp(−nβ L(w) − (ω/2)|w|²), nβ = {fmt_num(refs[0]['nbeta'])}, "
+        out.append(f"Target of every reference: exp(−nβ L(w) − (ω/2)‖w‖²), nβ = {fmt_num(refs[0]['nbeta'])}, "
                    f"prior precision ω = {wd:g}" + (" (a flat prior: for this ReLU network the posterior is "
                    "improper, so no reference can converge; docs/estimates.md)" if wd == 0 else
                    f" (a N(0, {1 / wd:g} I) prior on the weights)") + ".\n")
@@ -400,7 +400,7 @@ def _references_section(r: dict) -> list[str]:
              f"{x['divergences']} {x['divergences_unit']}", f"{x['n_chains']} × {x['samples_per_chain']}",
              fmt_num(x["wall_s"]), f"{x['gradient_evaluations']} {x['gradient_unit']}"] for x in refs]
     out += [md_table(["reference", "sampler", "converged", "stop reason", "R̂ (loss)", "ESS (loss)",
-                      "R̂ (cluster)", "R̂ (|w|)", "acceptance", "divergences", "chains × kept samples", "compute [s]",
+                      "R̂ (cluster)", "R̂ (‖w‖)", "acceptance", "divergences", "chains × kept samples", "compute [s]",
                       "gradient evaluations"], rows), ""]
     return out
 

@@ -393,7 +393,7 @@ def _references_section(r: dict) -> list[str]:
         out.append(f"Target of every reference: exp(−nβ L(w) − (ω/2)‖w‖²), nβ = {fmt_num(refs[0]['nbeta'])}, "
                    f"prior precision ω = {wd:g}" + (" (a flat prior: for this ReLU network the posterior is "
                    "improper, so no reference can converge; docs/estimates.md)" if wd == 0 else
-                   f" (a N(0, {1 / wd:g} I) prior on the weights)") + ".\n")
+                   (" (a N(0, I) prior on the weights)" if wd == 1 else f" (a N(0, {1 / wd:g}·I) prior on the weights)")) + ".\n")
     rows = [[x["name"], x["sampler"], "yes" if x["converged"] else "**no**", x["stop_reason"], fmt_num(x["rhat"]),
              fmt_num(x["ess"]), fmt_num(x["rhat_labels"]), fmt_num(x.get("rhat_norm", math.nan)),
              fmt_num(x["acceptance"]),

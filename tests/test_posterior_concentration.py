@@ -348,6 +348,6 @@ def test_reference_section_validates_and_reference_preset_resolves():
     from sgdbayes.runner.config import load_study, resolve_config
 
     cfg = resolve_config(load_study("posterior_concentration"), ["reference"], [])
-    h = cfg.reference.hmc_config(cfg.sgld)  # HMC samples the [sgld] posterior: N(0, I) prior, nβ = n
-    assert cfg.sgld.weight_decay == 1.0 and h.weight_decay == 1.0 and h.temperature == cfg.sgld.temperature
+    h = cfg.reference.hmc_config(cfg.sgld)  # HMC samples the [sgld] posterior: N(0, 0.1 I) prior, nβ = n
+    assert cfg.sgld.weight_decay == 10.0 and h.weight_decay == 10.0 and h.temperature == cfg.sgld.temperature
     assert cfg.reference.hmc and h.num_leapfrog == 32 and h.num_samples == 1000

@@ -20,7 +20,7 @@ first step (their Alg. 4); with ``adapt_metric`` the diagonal ``m_c`` is the cha
 variance of the draws in slow windows of 25, 50, 100, ... transitions between a 15 % initial and a
 10 % final fast window, regularized as Stan does (``n/(n+5) var + 1e-3 · 5/(n+5)``), the dual
 averaging restarting after each update. Sampling uses the averaged step size. Each draw's loss and
-weight norm |w| are recorded (``HMCResult.norm_traces``): on a posterior with flat directions
+weight norm ‖w‖ are recorded (``HMCResult.norm_traces``): on a posterior with flat directions
 (a ReLU network under a flat prior) |w| drifts while the loss may look settled.
 
 Batched: all chains advance together, with **one** batched ``loss_and_grad`` of the potential

@@ -27,7 +27,7 @@ class HMCResult(Result):
     [C, 3]`` (min, median, max of the adapted inverse metric), ``n_grad [C]`` / ``n_grad_warmup
     [C]`` (batched loss-and-gradient calls per chain: full-data gradients, n examples each),
     ``rhat`` / ``ess`` (pooled split-R̂ and bulk ESS of the loss), per chain ``rhat_chain`` /
-    ``ess_chain``, ``wall_s``; ``norm_traces [C, S]`` (the weight norm |w| of each sample: on a
+    ``ess_chain``, ``wall_s``; ``norm_traces [C, S]`` (the weight norm ‖w‖ of each sample: on a
     posterior with flat directions, e.g. a flat prior, it drifts while the loss may look settled;
     ``rhat_norm`` is its pooled split-R̂); ``config`` (an :class:`~sgdbayes.sampling.hmc.HMCConfig`).
     """
@@ -70,7 +70,7 @@ class HMCResult(Result):
 
     @property
     def rhat_norm(self) -> float:
-        """Pooled split-R̂ of the weight norm |w| (NaN when not recorded)."""
+        """Pooled split-R̂ of the weight norm ‖w‖ (NaN when not recorded)."""
         return float("nan") if self.norm_traces is None else float(split_rhat(np.asarray(self.norm_traces)))
 
     @property

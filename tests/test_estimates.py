@@ -51,6 +51,38 @@ def test_hmc_recovers_banana_moments():
     assert r.n_divergent <= 0.01 * r.divergent.size   # the banana's curved tail may diverge rarely
 
 
+ANISO = torch.logspace(-1, 1, 10, dtype=torch.float64)   # standard deviations 0.1 .. 10 (100x)
+
+
+def _aniso(w):
+    return 0.5 * (w / ANISO).square().sum(1)
+
+
+def _aniso_run(adapt):
+    cfg = HMCConfig(num_warmup=400, num_samples=400, num_leapfrog=16, step_size=0.05, adapt_metric=adapt, seed=4)
+    w0 = torch.randn(4, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    return sample_hmc(w0, FunctionPotential(_aniso, n=1), config=cfg, workers=1, progress=False)
+
+
+def test_hmc_adapted_metric_recovers_anisotropic_variances():
+    from sgdbayes.sampling.diagnostics import ess
+
+    adapted, unit = _aniso_run(True), _aniso_run(False)
+    var = ANISO.square().numpy()
+    # the adapted inverse metric is each chain's variance estimate from its last warm-up window (~100
+    # autocorrelated draws): min 0.01, max 100 within a factor 2 (a unit metric is off by 100x)
+    for col, v in ((0, var[0]), (2, var[-1])):
+        assert np.all(np.abs(np.log(adapted.metric_range[:, col] / v)) < math.log(2.0)), adapted.metric_range
+    assert np.allclose(unit.metric_range, 1.0)
+    s = _pooled(adapted)
+    assert np.allclose(s.std(0), ANISO.numpy(), rtol=0.15)
+    # the widest coordinate: a unit metric must take steps fit for the narrowest (0.1) and
+    # random-walks over the widest (10); the adapted metric moves all of them alike
+    ess_wide = [ess(r.samples[:, :, -1].double().numpy()) for r in (adapted, unit)]
+    assert ess_wide[0] > 10 * ess_wide[1], ess_wide
+    assert adapted.converged(max_rhat=1.02, min_ess=400) and not unit.converged(max_rhat=1.02, min_ess=400)
+
+
 def test_hmc_chain_does_not_depend_on_the_batch():
     cfg = HMCConfig(num_warmup=40, num_samples=20, num_leapfrog=4, step_size=0.1, seed=2)
     w0 = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

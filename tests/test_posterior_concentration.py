@@ -292,16 +292,19 @@ def test_results_and_report_carry_the_posterior_references(quick_run):
     assert sgld_t["stop_reason"].startswith("converged" if sgld_t["converged"] else "budget spent")
     assert sgld_t["gradient_evaluations"] > 0 and hmc["gradient_evaluations"] > 0
     assert 0.0 <= hmc["acceptance"] <= 1.0 and sgld_t["acceptance"] is None  # NaN is null in results.json
-    assert sgld_t["rhat_labels"] is not None and hmc["rhat_labels"] is None
-    for r in refs:
-        assert r["converged"] == (r["rhat"] <= 1.01 and r["ess"] >= 400
-                                  and (r["sampler"] == "HMC" or r["rhat_labels"] <= 1.01))
+    assert sgld_t["rhat_labels"] is not None and hmc["rhat_norm"] is not None and hmc["rhat_norm"] > 0
+    assert hmc["weight_decay"] == sgld_t["weight_decay"] == 0.0 and hmc["nbeta"] == sgld_t["nbeta"] == 512
+    for r in refs:  # both criteria include the cluster assignment's R̂ (null: undefined, never converged)
+        on_target = r["rhat_labels"] is not None and r["rhat_labels"] <= 1.01
+        assert r["converged"] == (r["rhat"] <= 1.01 and r["ess"] >= 400 and on_target)
     rows = _section_table(rep, "## Posterior references")
     assert [row[0] for row in rows] == ["SGLD to target", "HMC"]
     for row, r in zip(rows, refs):
         assert row[2] == ("yes" if r["converged"] else "**no**")
         assert _close(_num(row[4]), r["rhat"]) and _close(_num(row[5]), r["ess"])
-        assert _close(_num(row[10]), r["wall_s"]) and row[11].startswith(str(r["gradient_evaluations"]))
+        assert _close(_num(row[11]), r["wall_s"]) and row[12].startswith(str(r["gradient_evaluations"]))
+    assert _close(_num(rows[1][7]), hmc["rhat_norm"]) and rows[0][7] in ("—", "nan", "")
+    assert "prior precision ω = 0 (a flat prior" in rep
     hyps = {h.id: h for h in res["hypotheses"]}
     for r, id_ in zip(refs, ("H5-sgld-to-target", "H5-hmc")):
         if not r["converged"]:
@@ -342,3 +345,9 @@ def test_reference_section_validates_and_reference_preset_resolves():
         ReferenceConfig(block_samples=250, max_samples=50)
     with pytest.raises(ValueError, match="hmc_chains_per_start"):
         ReferenceConfig(hmc_chains_per_start=0)
+    from sgdbayes.runner.config import load_study, resolve_config
+
+    cfg = resolve_config(load_study("posterior_concentration"), ["reference"], [])
+    h = cfg.reference.hmc_config(cfg.sgld)  # HMC samples the [sgld] posterior: N(0, 0.1 I) prior, nβ = n
+    assert cfg.sgld.weight_decay == 10.0 and h.weight_decay == 10.0 and h.temperature == cfg.sgld.temperature
+    assert cfg.reference.hmc and h.num_leapfrog == 32 and h.num_samples == 1000

@@ -159,12 +159,18 @@ class ReferenceConfig:
         return ConvergenceTarget(max_rhat=self.max_rhat, min_ess=self.min_ess, block_samples=self.block_samples,
                                  max_samples=self.max_samples, discard=self.discard)
 
-    def hmc_config(self):
+    def hmc_config(self, posterior=None):
+        """The :class:`~sgdbayes.sampling.hmc.HMCConfig`; its target (temperature, Gaussian prior
+        precision ``weight_decay``) is that of ``posterior`` (the ``[sgld]`` section's
+        :class:`~sgdbayes.sampling.PosteriorConfig`), so both references sample the posterior H5
+        compares with."""
         from ..sampling.hmc import HMCConfig
 
+        target = {} if posterior is None else {"temperature": posterior.temperature,
+                                               "weight_decay": posterior.weight_decay}
         return HMCConfig(num_warmup=self.hmc_num_warmup, num_samples=self.hmc_num_samples,
                          num_leapfrog=self.hmc_num_leapfrog, step_size=self.hmc_step_size,
-                         target_accept=self.hmc_target_accept, seed=self.hmc_seed, keep_samples=True)
+                         target_accept=self.hmc_target_accept, seed=self.hmc_seed, keep_samples=True, **target)
 
 
 @dataclass(frozen=True)

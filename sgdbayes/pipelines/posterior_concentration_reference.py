@@ -64,6 +64,7 @@ def _assigner(ctx: StageContext, spec):
 
 def _record(name: str, sampler: str, converged: bool, stop_reason: str, rhat: float, ess: float, labels, seed_labels,
             **extra) -> dict[str, Any]:
+    """The cached summary of one reference (``extra``: sampler-specific numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
     left = ((labels != seed_labels[:, None]) & (labels != -2)).sum(1)
     return {"name": name, "sampler": sampler, "converged": bool(converged), "stop_reason": stop_reason,
@@ -84,10 +85,12 @@ def _sgld_target(ctx, spec, data, w0, ids, groups, assign) -> dict[str, Any]:
                    rhat_labels=float(r.rhat_labels), acceptance=math.nan, divergences=int(np.sum(r.diverged)),
                    divergences_unit="diverged chains", wall_s=float(r.wall_s),
                    gradient_evaluations=int(r.gradient_evaluations), gradient_unit="minibatch gradients",
-                   history={k: list(v) for k, v in r.history.to_dict("list").items()})
+                   history={k: list(v) for k, v in r.history.to_dict("list").items()},
+                   weight_decay=float(ctx.config.sgld.weight_decay), nbeta=float(r.nbeta))
 
 
 def _hmc(ctx, spec, data, w0, ids, groups, assign) -> dict[str, Any]:
+    from ..sampling.diagnostics import categorical_rhat
     from ..sampling.hmc import sample_hmc
 
     rc = ctx.config.reference
@@ -95,17 +98,27 @@ def _hmc(ctx, spec, data, w0, ids, groups, assign) -> dict[str, Any]:
     w = w0.repeat_interleave(k, 0)
     hids = [int(i) * k + j for i in ids for j in range(k)]  # distinct generators for a start's chains
     g = np.repeat(np.asarray(groups), k)
-    r = sample_hmc(w, spec=spec, data=data, config=rc.hmc_config(), start_ids=hids, groups=g, progress=False)
+    r = sample_hmc(w, spec=spec, data=data, config=rc.hmc_config(ctx.config.sgld), start_ids=hids, groups=g,
+                   progress=False)
     labels = assign(r.samples)
-    converged = r.converged(rc.max_rhat, rc.min_ess)
+    ok = labels[(labels != -2).all(1)]
+    rhat_labels = categorical_rhat(ok) if ok.size else math.nan
+    # as for SGLD: the loss and the cluster assignment must both be on target
+    converged = r.converged(rc.max_rhat, rc.min_ess) and rhat_labels <= rc.max_rhat
     why = (f"{'converged' if converged else 'not converged'} after {rc.hmc_num_warmup} warm-up + "
-           f"{rc.hmc_num_samples} transitions per chain (R̂ {r.rhat:.4g}, ESS {r.ess:.4g}; targets R̂ ≤ "
-           f"{rc.max_rhat:g}, ESS ≥ {rc.min_ess:g})")
+           f"{rc.hmc_num_samples} transitions per chain (R̂(loss) {r.rhat:.4g}, ESS {r.ess:.4g}, R̂(cluster "
+           f"assignment) {rhat_labels:.4g}; targets R̂ ≤ {rc.max_rhat:g}, ESS ≥ {rc.min_ess:g})")
+    if r.norm_traces is not None:  # flat or weakly constrained directions drift while the loss looks settled
+        k = max(1, r.norm_traces.shape[1] // 10)
+        why += (f"; mean ‖w‖ {r.norm_traces[:, :k].mean():.4g} → {r.norm_traces[:, -k:].mean():.4g} (first → last "
+                f"10 % of draws), R̂(‖w‖) {r.rhat_norm:.3g}")
     ctx.log(f"    HMC: {why}; acceptance {r.acceptance_rate:.3f}, {r.n_divergent} divergent; {r.wall_s:.1f} s")
-    return _record("HMC", "HMC", converged, why, r.rhat, r.ess, labels, g, rhat_labels=math.nan,
+    return _record("HMC", "HMC", converged, why, r.rhat, r.ess, labels, g, rhat_labels=float(rhat_labels),
                    acceptance=float(r.acceptance_rate), divergences=int(r.n_divergent),
                    divergences_unit="divergent transitions", wall_s=float(r.wall_s),
-                   gradient_evaluations=int(r.gradient_evaluations), gradient_unit="full-data gradients")
+                   gradient_evaluations=int(r.gradient_evaluations), gradient_unit="full-data gradients",
+                   rhat_norm=float(r.rhat_norm), step_size=float(np.median(r.step_size)),
+                   weight_decay=float(r.config.weight_decay), nbeta=float(r.nbeta))
 
 
 def stage_reference(ctx: StageContext) -> dict[str, Any]:

@@ -19,7 +19,9 @@ step size by dual averaging (Hoffman & Gelman 2014, Alg. 5: target ``target_acce
 first step (their Alg. 4); with ``adapt_metric`` the diagonal ``m_c`` is the chain's own
 variance of the draws in slow windows of 25, 50, 100, ... transitions between a 15 % initial and a
 10 % final fast window, regularized as Stan does (``n/(n+5) var + 1e-3 · 5/(n+5)``), the dual
-averaging restarting after each update. Sampling uses the averaged step size.
+averaging restarting after each update. Sampling uses the averaged step size. Each draw's loss and
+weight norm ‖w‖ are recorded (``HMCResult.norm_traces``): on a posterior with flat directions
+(a ReLU network under a flat prior) |w| drifts while the loss may look settled.
 
 Batched: all chains advance together, with **one** batched ``loss_and_grad`` of the potential
 per leapfrog step for all chains. Every chain has its own generator (``chain_seeds(seed,
@@ -267,18 +269,19 @@ def _run_rows(pot, cfg: HMCConfig, w0: Tensor, seeds, bar) -> dict:
     M, S = rows.M, cfg.num_samples
     eps, warm_acc = _warmup(rows, cfg, bar)
     n_warm = rows.n_grad
-    losses, acc, div = np.empty((M, S)), np.empty((M, S)), np.zeros((M, S), bool)
+    losses, norms, acc, div = np.empty((M, S)), np.empty((M, S)), np.empty((M, S)), np.zeros((M, S), bool)
     samples = torch.empty(M, S, rows.P, dtype=rows.w.dtype, device=rows.w.device) if cfg.keep_samples else None
     for s in range(S):
         out = rows.transition(eps, cfg.num_leapfrog, cfg.jitter)
         losses[:, s] = rows.loss.double().cpu().numpy()
+        norms[:, s] = rows.w.double().norm(dim=1).cpu().numpy()
         acc[:, s], div[:, s] = out["accept"], out["divergent"]
         if samples is not None:
             samples[:, s] = rows.w
         if bar is not None:
             bar.update(1)
     im = rows.inv_metric.double()
-    return {"samples": samples, "losses": losses, "accept": acc, "divergent": div, "step_size": eps,
+    return {"samples": samples, "losses": losses, "norms": norms, "accept": acc, "divergent": div, "step_size": eps,
             "warmup_accept": warm_acc, "n_grad_warmup": n_warm, "n_grad": rows.n_grad,
             "metric_range": torch.stack([im.min(1).values, im.median(1).values, im.max(1).values], 1).cpu().numpy()}
 
@@ -317,7 +320,7 @@ def run_hmc(potential, w0: Tensor, config: HMCConfig, start_ids: Sequence[int], 
         if bar is not None:
             bar.close()
     out = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray) else None)
-           for k in ("losses", "accept", "divergent", "step_size", "warmup_accept", "metric_range")}
+           for k in ("losses", "norms", "accept", "divergent", "step_size", "warmup_accept", "metric_range")}
     out["samples"] = None if parts[0]["samples"] is None else torch.cat([p["samples"] for p in parts])
     # gradient evaluations per chain (every chain of a shard takes the same number of calls)
     out["n_grad"] = np.concatenate([np.full(b - a, p["n_grad"]) for p, (a, b) in zip(parts, bounds)])

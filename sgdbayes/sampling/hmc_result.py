@@ -27,7 +27,9 @@ class HMCResult(Result):
     [C, 3]`` (min, median, max of the adapted inverse metric), ``n_grad [C]`` / ``n_grad_warmup
     [C]`` (batched loss-and-gradient calls per chain: full-data gradients, n examples each),
     ``rhat`` / ``ess`` (pooled split-R̂ and bulk ESS of the loss), per chain ``rhat_chain`` /
-    ``ess_chain``, ``wall_s``; ``config`` (an :class:`~sgdbayes.sampling.hmc.HMCConfig`).
+    ``ess_chain``, ``wall_s``; ``norm_traces [C, S]`` (the weight norm ‖w‖ of each sample: on a
+    posterior with flat directions, e.g. a flat prior, it drifts while the loss may look settled;
+    ``rhat_norm`` is its pooled split-R̂); ``config`` (an :class:`~sgdbayes.sampling.hmc.HMCConfig`).
     """
 
     samples: Optional[Tensor]
@@ -50,6 +52,7 @@ class HMCResult(Result):
     n_train: int
     wall_s: float
     mode: str = "n/a"
+    norm_traces: Optional[np.ndarray] = None
 
     @classmethod
     def from_run(cls, out: Mapping, **kw) -> "HMCResult":
@@ -58,11 +61,17 @@ class HMCResult(Result):
                    step_size=out["step_size"], warmup_accept=out["warmup_accept"], metric_range=out["metric_range"],
                    n_grad=out["n_grad"], n_grad_warmup=out["n_grad_warmup"], rhat=float(split_rhat(tr)),
                    ess=float(ess(tr)), rhat_chain=np.array([split_rhat(t) for t in tr]),
-                   ess_chain=np.array([ess(t) for t in tr]), wall_s=float(out["wall_s"]), **kw)
+                   ess_chain=np.array([ess(t) for t in tr]), wall_s=float(out["wall_s"]),
+                   norm_traces=out.get("norms"), **kw)
 
     @property
     def n_chains(self) -> int:
         return int(self.loss_traces.shape[0])
+
+    @property
+    def rhat_norm(self) -> float:
+        """Pooled split-R̂ of the weight norm ‖w‖ (NaN when not recorded)."""
+        return float("nan") if self.norm_traces is None else float(split_rhat(np.asarray(self.norm_traces)))
 
     @property
     def acceptance_rate(self) -> float:
@@ -121,6 +130,6 @@ class HMCResult(Result):
             f"  acceptance {self.acceptance_rate:.3g}; divergent transitions {self.n_divergent}; step sizes "
             f"{np.min(self.step_size):.3g}..{np.max(self.step_size):.3g}; gradient evaluations "
             f"{self.gradient_evaluations}",
-            f"  split-R̂ of the loss {self.rhat:.4g}, bulk ESS {self.ess:.4g}",
+            f"  split-R̂ of the loss {self.rhat:.4g}, bulk ESS {self.ess:.4g}; split-R̂ of |w| {self.rhat_norm:.4g}",
             self.chain_frame().to_string(index=False, float_format=lambda v: f"{v:.4g}"),
         ])

@@ -7,13 +7,12 @@ report.md from results.json as read back.
 """
 from __future__ import annotations
 
-import math
-
 from pathlib import Path
 
 import numpy as np
 
 from . import posterior_concentration_figures as F
+from .posterior_references import reference_entries, references_section
 from .format import fmt_estimate, fmt_interval, fmt_num, fmt_p
 from .toolkit import (
     divergence_sentence,
@@ -88,19 +87,6 @@ def _sgld(sg: dict, cu: dict, an: dict) -> dict:
             "reference": an["reference"]}
 
 
-REFERENCE_KEYS = ("name", "sampler", "converged", "stop_reason", "rhat", "ess", "rhat_labels", "acceptance",
-                  "divergences", "divergences_unit", "wall_s", "gradient_evaluations", "gradient_unit", "n_chains",
-                  "samples_per_chain", "rhat_norm", "weight_decay", "nbeta")
-
-
-def _references(ctx) -> list[dict]:
-    """One entry per ``[reference]`` reference (no labels: the report needs only the summary)."""
-    ref = ctx["reference"]
-    if ref.get("skipped"):
-        return []
-    return [{k: r.get(k, math.nan) for k in REFERENCE_KEYS} for r in ref.get("references", [])]
-
-
 def build(ctx) -> dict:
     tr, ll, cu, sg, an = (ctx[s] for s in ("train", "llc", "cluster", "sgld", "analysis"))
     cfg = ctx.config
@@ -125,7 +111,7 @@ def build(ctx) -> dict:
                       "p_temp": an["distributions"]["P_temp"], "collapsed": bool(tempered.collapsed) if tempered else False,
                       "n_effective": tempered.n_effective if tempered else float("nan"),
                       "notes": list(tempered.notes) if tempered else ["ξ* undefined: no tempered distribution"]},
-        "free_energy": an["free_energy"], "sgld": _sgld(sg, cu, an), "references": _references(ctx),
+        "free_energy": an["free_energy"], "sgld": _sgld(sg, cu, an), "references": reference_entries(ctx),
         "table2": _table2(an["table2"], paper_t2),
         "table2_notes": sorted({n for row in an["table2"] for n in row["notes"]}),
         "paper_table2": paper_t2, "paper_table2_source": paper_src, "gtest": an["gtest"], "gtest_ess": an["gtest_ess"],
@@ -378,33 +364,6 @@ def _methods(r: dict) -> str:
                            notes=_method_notes(r))
 
 
-def _references_section(r: dict) -> list[str]:
-    """The "Posterior references" block: which reference converged, why it stopped, at what cost."""
-    refs = r.get("references") or []
-    out = ["## Posterior references\n"]
-    if not refs:
-        return out + ["No reference beyond the fixed-length SGLD stage was run (`[reference]` sgld_target and hmc "
-                      "are off).\n"]
-    out.append("H5 is decided against each reference below that converged (pooled split-R̂ of the loss and of the "
-               "cluster assignment ≤ the target, bulk ESS of the loss ≥ the target); against one that did not it "
-               "is *inconclusive: reference not converged* (docs/estimates.md).\n")
-    wd = refs[0].get("weight_decay", math.nan)
-    if wd == wd:  # recorded
-        out.append(f"Target of every reference: exp(−nβ L(w) − (ω/2)‖w‖²), nβ = {fmt_num(refs[0]['nbeta'])}, "
-                   f"prior precision ω = {wd:g}" + (" (a flat prior: for this ReLU network the posterior is "
-                   "improper, so no reference can converge; docs/estimates.md)" if wd == 0 else
-                   (" (a N(0, I) prior on the weights)" if wd == 1 else f" (a N(0, {1 / wd:g}·I) prior on the weights)")) + ".\n")
-    rows = [[x["name"], x["sampler"], "yes" if x["converged"] else "**no**", x["stop_reason"], fmt_num(x["rhat"]),
-             fmt_num(x["ess"]), fmt_num(x["rhat_labels"]), fmt_num(x.get("rhat_norm", math.nan)),
-             fmt_num(x["acceptance"]),
-             f"{x['divergences']} {x['divergences_unit']}", f"{x['n_chains']} × {x['samples_per_chain']}",
-             fmt_num(x["wall_s"]), f"{x['gradient_evaluations']} {x['gradient_unit']}"] for x in refs]
-    out += [md_table(["reference", "sampler", "converged", "stop reason", "R̂ (loss)", "ESS (loss)",
-                      "R̂ (cluster)", "R̂ (‖w‖)", "acceptance", "divergences", "chains × kept samples", "compute [s]",
-                      "gradient evaluations"], rows), ""]
-    return out
-
-
 def _diagnostics(r: dict) -> list[str]:
     sg, st = r["sgld"], r["structure"]
     rows = [[i, sg["start_seeds"][i], sg["start_clusters"][i], fmt_num(sg["start_loss"][i]), fmt_num(sg["start_llc"][i]),
@@ -431,7 +390,7 @@ def render(r: dict) -> str:
          divergence_sentence(r.get("divergence")) + "\n", "## Verdicts\n", verdict_table(r["hypotheses"]), "",
          verdict_notes(r["hypotheses"]) + "\n",
          "**Summary.**\n", *_summary_lines(r), "", "## Results beside the paper\n", *_table2_section(r),
-         *_clusters_section(r), *_xi_section(r), *_references_section(r), "## Figures\n"]
+         *_clusters_section(r), *_xi_section(r), *references_section(r), "## Figures\n"]
     L += [f"![{cap}](figures/{f})\n\n*{cap}*\n" for f, cap in FIGURES]
     L += [_methods(r), *_diagnostics(r)]
     return "\n".join(L) + "\n"

@@ -6,8 +6,8 @@ initial weights are those of ``model()`` called right after ``torch.manual_seed(
 its buffers (BatchNorm running statistics, constants) are seed i's *state*, stacked
 ``[K, *shape]`` per buffer and threaded through training functionally.
 
-Two executors compute the same numbers (tested against each other and against the plain
-module):
+Two executors (:mod:`sgdbayes.models.executors`) compute the same numbers (tested against each
+other and against the plain module):
 
 * **lowered** (:mod:`sgdbayes.models.lowering`): modules built from registered layers
   (``Sequential`` of ``Conv2d``/``Linear``/``ReLU``/pooling/``BatchNorm``/``Dropout``/...,
@@ -24,8 +24,6 @@ in both executors, so seed i's masks do not depend on what else shares the batch
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import copy
 import math
 import threading
@@ -35,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .executors import DROPOUT_TYPES, Executor, LoweredExecutor, SeededDropout, VmapExecutor, meta_copy
 from .layout import EntryLayout, split_rows
-from .lowering import BatchedContext, NotLowerable, dropout_mask, from_layout, lower, to_layout
+from .lowering import NotLowerable, lower
 
 __all__ = ["ModuleSpec", "SeededDropout", "fork_all_rng", "meta_copy"]
 
-_DROPOUT_TYPES = (nn.Dropout,)
 _UNSUPPORTED_RANDOM = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -48,25 +46,6 @@ def fork_all_rng():
     """``torch.random.fork_rng`` over the CPU and every initialized CUDA device."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     return torch.random.fork_rng(devices=devices)
-
-
-def meta_copy(module: nn.Module) -> nn.Module:
-    """``module`` on the meta device (a shell for ``functional_call``) with its tied parameters
-    still tied: ``.to("meta")`` gives every alias of a shared parameter (a Hugging Face LM's
-    ``lm_head.weight`` = ``wte.weight``) its own tensor, which ``functional_call`` would then
-    leave unset; each alias is pointed back at the first name's parameter."""
-    first: dict[int, str] = {}
-    aliases = []
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            aliases.append((name, first[id(p)]))
-        else:
-            first[id(p)] = name
-    meta = module.to("meta")
-    for alias, name in aliases:
-        owner, _, attr = alias.rpartition(".")
-        setattr(meta.get_submodule(owner), attr, meta.get_parameter(name))
-    return meta
 
 
 class ModuleSpec:
@@ -107,7 +86,7 @@ class ModuleSpec:
         bad = [type(m).__name__ for m in template.modules() if isinstance(m, _UNSUPPORTED_RANDOM)]
         if bad:
             raise ValueError(f"{bad[0]} is not supported (per-seed masks exist for nn.Dropout only)")
-        self.stochastic = any(isinstance(m, _DROPOUT_TYPES) for m in template.modules())
+        self.stochastic = any(isinstance(m, DROPOUT_TYPES) for m in template.modules())
         self.template = template
         self.lowered_reason = None
         self.backend = self.requested_backend = backend
@@ -214,12 +193,12 @@ class ModuleSpec:
                 h.remove()
         return tuple(out.shape[1:])
 
-    def executor(self) -> "_Executor":
+    def executor(self) -> "Executor":
         """A fresh executor (own module copy: safe to use from one thread)."""
-        return _LoweredExecutor(self) if self.backend == "lowered" else _VmapExecutor(self)
+        return LoweredExecutor(self) if self.backend == "lowered" else VmapExecutor(self)
 
     def apply(self, w: Tensor, x: Tensor, state=None, train: bool = False, rng=None,
-              shared: Optional[bool] = None, executor: Optional["_Executor"] = None) -> Tensor:
+              shared: Optional[bool] = None, executor: Optional["Executor"] = None) -> Tensor:
         """Outputs ``[K, B, ...]`` of the models in rows ``w [K, P]`` on ``x``: one batch
         ``[B, ...]`` shared by all (``shared=True``) or one per model ``[K, B, ...]``. By default
         x is shared when it has one axis more than the per-example inputs seen by
@@ -230,7 +209,7 @@ class ModuleSpec:
         params = split_rows(w, self.param_shapes)
         return (executor or self._thread_executor()).forward(params, x, state, train, rng, K, shared)
 
-    def _thread_executor(self) -> "_Executor":
+    def _thread_executor(self) -> "Executor":
         """One executor per calling thread (an executor owns a module copy whose mode it sets)."""
         local = self.__dict__.setdefault("_local", threading.local())
         ex = getattr(local, "ex", None)
@@ -248,120 +227,6 @@ class ModuleSpec:
 
 def _jsonable(d: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def per_seed_inputs(x: Tensor, K: int, shared: bool) -> Tensor:
-    """``x [K, B, ...]`` (``shared``: ``x [B, ...]`` broadcast to every model, no copy)."""
-    return x.unsqueeze(0).expand(K, *x.shape) if shared else x
-
-
-class _Executor:
-    """Forward of K stacked models: ``forward(params, x, state, train, rng, K)`` with
-    ``params`` a list ``[K, *shape]`` in ``parameters()`` order and ``x [K, B, ...]`` or
-    ``[B, ...]`` (``shared``: one batch for every model)."""
-
-    def __init__(self, spec: ModuleSpec):
-        self.spec = spec
-
-
-class _LoweredExecutor(_Executor):
-    def __init__(self, spec: ModuleSpec):
-        super().__init__(spec)
-        self.run = lower(spec.template)
-
-    def forward(self, params, x, state, train, rng, K, shared: bool):
-        xk = per_seed_inputs(x, K, shared)
-        ctx = BatchedContext(K, xk.shape[1], dict(zip(self.spec.param_names, params)), state, train, rng)
-        return from_layout(self.run(ctx, to_layout(xk)), K)
-
-
-_MASKS: contextvars.ContextVar = contextvars.ContextVar("sgdbayes_dropout_masks", default=None)
-
-
-class SeededDropout(nn.Module):
-    """``nn.Dropout`` whose masks are given (by the vmap executor, or by a test reference):
-    in train mode ``x * masks[slot]``; the masks follow :func:`dropout_mask`."""
-
-    def __init__(self, p: float, slot: int):
-        super().__init__()
-        self.p, self.slot = float(p), int(slot)
-
-    def forward(self, x):
-        if not self.training or self.p == 0.0:
-            return x
-        masks = _MASKS.get()
-        if masks is None:
-            raise RuntimeError("SeededDropout called outside a batched forward")
-        if isinstance(masks, list):          # shape discovery: (slot, shape) in call order
-            if any(slot == self.slot for slot, _ in masks):
-                raise ValueError("an nn.Dropout module is called more than once in one forward; per-seed masks "
-                                 "need one nn.Dropout module per call")
-            masks.append((self.slot, tuple(x.shape)))
-            return x
-        return x * masks[self.slot]
-
-
-@contextlib.contextmanager
-def _masks(m):
-    tok = _MASKS.set(m)
-    try:
-        yield
-    finally:
-        _MASKS.reset(tok)
-
-
-class _VmapExecutor(_Executor):
-    def __init__(self, spec: ModuleSpec):
-        super().__init__(spec)
-        base = copy.deepcopy(spec.template)
-        slot = 0
-        for mod in list(base.modules()):
-            for name, child in list(mod.named_children()):
-                if isinstance(child, _DROPOUT_TYPES):
-                    setattr(mod, name, SeededDropout(child.p, slot))
-                    slot += 1
-        self.n_slots = slot
-        self.base = meta_copy(base)
-        self.mask_shapes: dict = {}
-
-    def _call(self, p, b, m, x, train):
-        b = {k: v.clone() for k, v in b.items()} if train else b
-        with _masks(m):
-            out = torch.func.functional_call(self.base, (p, b), (x,))
-        return out, b
-
-    def forward(self, params, x, state, train, rng, K, shared: bool):
-        self.base.train(train)
-        p = dict(zip(self.spec.param_names, params))
-        b = state or {}
-        masks = {}
-        if train and self.n_slots:
-            masks = self._draw_masks(p, b, x, shared, rng)
-        fn = torch.func.vmap(lambda p_, b_, m_, x_: self._call(p_, b_, m_, x_, train),
-                             in_dims=(0, 0, 0, None if shared else 0))
-        out, new_b = fn(p, b, masks, x)
-        if train and state:
-            with torch.no_grad():
-                for k, v in new_b.items():
-                    state[k].copy_(v)
-        return out
-
-    def _draw_masks(self, p, b, x, shared, rng) -> dict:
-        per_example = tuple(x.shape[0 if shared else 1:])
-        if per_example not in self.mask_shapes:   # one real forward of seed 0 records the shapes
-            rec: list = []
-            with torch.no_grad(), _masks(rec):
-                torch.func.functional_call(self.base, ({k: v[0] for k, v in p.items()},
-                                                       {k: v[0].clone() for k, v in b.items()}),
-                                           (x if shared else x[0],))
-            self.mask_shapes[per_example] = rec
-        if rng is None:
-            raise ValueError("a train-mode forward with dropout needs per-seed generators (rng)")
-        w0 = next(iter(p.values()))
-        rate = {m.slot: m.p for m in self.base.modules() if isinstance(m, SeededDropout)}
-        # drawn in call order, as the lowered executor and a plain module draw them
-        return {slot: dropout_mask(rng.uniform(shape, dtype=w0.dtype, device=w0.device), rate[slot])
-                for slot, shape in self.mask_shapes[per_example]}
 
 
 #: target activation bytes of one block of models on the CPU (the lowered path). Measured on the

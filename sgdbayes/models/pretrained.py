@@ -144,8 +144,11 @@ def load_hf(path: str, key: str, task: str) -> nn.Module:
         raise ValueError(f"{key} = {path!r}: config.json is not readable JSON ({e})") from None
     if not any(f.suffix in (".safetensors", ".bin") for f in p.iterdir()):
         raise ValueError(f"{key} = {path!r} holds config.json but no weights (*.safetensors or *.bin)")
-    import transformers
-
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError(f"{key} = {path!r} is a Hugging Face model folder; reading it needs transformers: "
+                         f'pip install "sgdbayes[hf]"') from None
     auto = getattr(transformers, _HF_AUTO[task])
     try:
         kw = {"attn_implementation": "eager"} if task == "causal-lm" else {}

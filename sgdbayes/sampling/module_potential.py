@@ -181,8 +181,12 @@ class ModulePotential(BasePotential):
             raise ValueError(f"ModulePotential got w of shape {tuple(w.shape)}; expected [K * chains, "
                              f"{self.n_params}] with K = {self.K} (rows k * chains + c)")
         r = M // self.K
+        return self._params(w, self.K, r), r
+
+    def _params(self, w: Tensor, g: int, c: int) -> dict:
+        """Rows ``w [g * c, P]`` as the sampled tensors ``[g, c, *shape]`` by full name."""
         parts = torch.split(w, self.numels, dim=1)
-        return {f"model.{n}": t.reshape(self.K, r, *s) for n, t, s in zip(self.names, parts, self.shapes)}, r
+        return {f"model.{n}": t.reshape(g, c, *s) for n, t, s in zip(self.names, parts, self.shapes)}
 
     def _group_losses(self, p: dict, stacked: dict, idx: Optional[Tensor]) -> Tensor:
         """Losses ``[g, c]`` of rows ``p`` (``[g, c, ...]``) of g groups (constants ``stacked``
@@ -245,18 +249,16 @@ class ModulePotential(BasePotential):
             return super().loss_and_grad(w, idx)
         loss = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
         grad = torch.empty_like(w)
-        rows = torch.arange(w.shape[0], device=w.device).reshape(self.K, r)
         idx3 = None if idx is None else idx.reshape(self.K, r, -1)
         for k0, k1, c0, c1 in blocks:
-            sel = rows[k0:k1, c0:c1].reshape(-1)
-            wg = w[sel].detach().requires_grad_(True)
+            a, b = k0 * r + c0, (k1 - 1) * r + c1        # a block is consecutive rows k * r + c
+            wg = w[a:b].detach().requires_grad_(True)
             with torch.enable_grad():
-                parts = torch.split(wg, self.numels, dim=1)
-                p = {f"model.{n}": t.reshape(k1 - k0, c1 - c0, *s) for n, t, s in zip(self.names, parts, self.shapes)}
                 stacked = {n: v[k0:k1] for n, v in self._stacked.items()}
-                lb = self._group_losses(p, stacked, None if idx3 is None else idx3[k0:k1, c0:c1]).reshape(-1)
+                lb = self._group_losses(self._params(wg, k1 - k0, c1 - c0), stacked,
+                                        None if idx3 is None else idx3[k0:k1, c0:c1]).reshape(-1)
                 (gb,) = torch.autograd.grad(lb.sum(), wg)
-            loss[sel], grad[sel] = lb.detach(), gb
+            loss[a:b], grad[a:b] = lb.detach(), gb
         return loss, grad
 
 

@@ -41,11 +41,12 @@ do not depend on the block size or on the other models.
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._ckernel_lib import library
 
 __all__ = ["AugmentedLayout", "FusedMLP", "augment_inputs", "c_kernel_available"]
 
@@ -53,11 +54,9 @@ __all__ = ["AugmentedLayout", "FusedMLP", "augment_inputs", "c_kernel_available"
 class _CKernel:
     """ctypes bindings of ``sgdbayes/_ckernels.c`` and the BLAS gemm addresses."""
 
-    def __init__(self):
-        from . import _ckernels  # the optional compiled module; ImportError if not built
+    def __init__(self, lib: ctypes.CDLL):
         import scipy.linalg.cython_blas as cython_blas  # noqa: F401 (loads scipy's BLAS)
 
-        lib = ctypes.CDLL(_ckernels.__file__)
         get_name = ctypes.pythonapi.PyCapsule_GetName
         get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
         get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
@@ -86,10 +85,11 @@ class _CKernel:
 
 
 def _load_c_kernel() -> "_CKernel | None":
-    if os.environ.get("SGDBAYES_KERNEL", "").lower() == "numpy":
+    lib = library()
+    if lib is None:
         return None
     try:
-        return _CKernel()
+        return _CKernel(lib)
     except (ImportError, OSError, AttributeError, KeyError):
         return None
 

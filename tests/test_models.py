@@ -97,3 +97,84 @@ def test_lowered_2x2_max_pool_equals_max_pool2d_with_ties_and_after_relu():
         assert torch.equal(low, ref)
         (ga,), (gb,) = torch.autograd.grad(ref, ref_in, up), torch.autograd.grad(low, low_in, up)
         assert torch.equal(ga, gb)
+
+
+_convpool_built = pytest.mark.skipif(
+    __import__("sgdbayes.models.convpool", fromlist=["_FNS"])._FNS is None,
+    reason="the compiled kernels are not built (or SGDBAYES_KERNEL=numpy)")
+
+
+@_convpool_built
+@pytest.mark.parametrize("cin,cout,hw,bias,relu", [(1, 5, (8, 8), False, True), (3, 12, (6, 4), True, True),
+                                                   (2, 8, (4, 6), True, False), (1, 16, (2, 2), False, False)])
+def test_fused_conv_pool_equals_conv_relu_max_pool2d(cin, cout, hw, bias, relu):
+    """The compiled first-layer kernel (3x3 conv, padding 1 -> 2x2 max-pool -> ReLU) gives
+    conv2d -> max_pool2d -> relu's values and weight/bias gradients in float64, ties included
+    (integer inputs and weights make equal window entries common) and NaN propagated as
+    max_pool2d does; channel counts that are not a multiple of its 8-lane blocks."""
+    from sgdbayes.models.convpool import ConvPool
+
+    g = torch.Generator().manual_seed(cin * 100 + cout)
+    k, B = 3, 5
+    x = torch.randint(-1, 2, (B, k * cin, *hw), generator=g).double()
+    w = torch.randint(-1, 2, (k, cout, cin, 3, 3), generator=g).double().requires_grad_(True)
+    b = torch.randint(-1, 2, (k, cout), generator=g).double().requires_grad_(True) if bias else None
+    params = [w] + ([b] if bias else [])
+    up = torch.randn(B, k * cout, hw[0] // 2, hw[1] // 2, dtype=torch.float64, generator=g)
+
+    def ref(x):
+        z = F.max_pool2d(F.conv2d(x, w.reshape(-1, cin, 3, 3), None if b is None else b.reshape(-1), padding=1,
+                                  groups=k), 2)
+        return torch.relu(z) if relu else z
+
+    a, c = ref(x), ConvPool.apply(x, w, b, relu)
+    assert torch.equal(a, c)
+    for u, v in zip(torch.autograd.grad((a * up).sum(), params), torch.autograd.grad((c * up).sum(), params)):
+        torch.testing.assert_close(v, u, rtol=1e-12, atol=1e-12)
+    x[1, :, 0, 0] = float("nan")
+    torch.testing.assert_close(ConvPool.apply(x, w, b, relu), ref(x), rtol=0, atol=0, equal_nan=True)
+
+
+@_convpool_built
+def test_fused_conv_pool_model_j_does_not_depend_on_the_models_beside_it():
+    """float32: model j's outputs and gradients are bit for bit the same alone and among 5."""
+    from sgdbayes.models.convpool import ConvPool
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 5 * 2, 8, 8, generator=g)
+    w = torch.randn(5, 12, 2, 3, 3, generator=g, requires_grad=True)
+    up = torch.randn(7, 5 * 12, 4, 4, generator=g)
+    out = ConvPool.apply(x, w, None, True)
+    (gw,) = torch.autograd.grad((out * up).sum(), w)
+    w3 = w.detach()[3:4].clone().requires_grad_(True)
+    out3 = ConvPool.apply(x[:, 6:8].contiguous(), w3, None, True)
+    (gw3,) = torch.autograd.grad((out3 * up[:, 36:48]).sum(), w3)
+    assert torch.equal(out3, out[:, 36:48]) and torch.equal(gw3[0], gw[3])
+
+
+@_convpool_built
+def test_lowered_convnet_takes_the_fused_first_stage_and_equals_the_layers(monkeypatch):
+    """A lowered ConvNet runs its first conv -> ReLU -> max-pool through the kernel (on data
+    inputs only) and gets the numbers the layers give one by one (float64)."""
+    from sgdbayes.models import ModuleSpec, convpool
+    from sgdbayes.models.cnn import ConvNet
+
+    spec = ModuleSpec(lambda: ConvNet((4, 6), in_channels=1, n_classes=3, bias=True).double())
+    w, _ = spec.initialize([0, 1, 2], dtype=torch.float64)
+    x = torch.randn(3, 5, 1, 8, 8, dtype=torch.float64)
+    calls = []
+    apply = convpool.ConvPool.apply
+    monkeypatch.setattr(convpool.ConvPool, "apply", lambda *a: calls.append(1) or apply(*a))
+
+    def run():
+        wr = w.clone().requires_grad_(True)
+        out = spec.apply(wr, x, train=True, shared=False, executor=spec.executor())
+        return out, torch.autograd.grad(out.square().sum(), wr)[0]
+
+    fused = run()
+    assert calls == [1]
+    monkeypatch.setattr(convpool, "_FNS", None)
+    layers = run()
+    assert calls == [1]
+    for a, b in zip(fused, layers):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

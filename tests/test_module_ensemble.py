@@ -30,6 +30,7 @@ def seqs():
 
 
 FAMILIES = {
+    "cnn": dict(kind="cnn", channels=(4, 6), bias=True),    # first stage by the compiled conv + pool kernel
     "cnn_bn": dict(kind="cnn", channels=(4, 6), batchnorm=True),
     "resnet": dict(kind="resnet", channels=(4, 6), blocks=1, batchnorm=True),
     "transformer": dict(kind="transformer", vocab=5, d_model=8, n_heads=2, n_layers=1, d_ff=12, max_len=6),
@@ -150,7 +151,7 @@ def test_dropout_masks_are_per_seed_and_match_the_reference(digits):
     torch.testing.assert_close(alone.w_final[0], res["lowered"].w_final[2], rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("fam", ["cnn_bn", "transformer"])
+@pytest.mark.parametrize("fam", ["cnn", "cnn_bn", "transformer"])
 def test_seed_result_independent_of_K_chunks_and_workers(fam, digits, seqs):
     desc = dict(FAMILIES[fam])
     family = build_model(desc.pop("kind"), **desc)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .convpool import ConvPool, available, fusable
+
 __all__ = ["BatchedContext", "lower", "register_lowering", "dropout_mask", "NotLowerable", "to_layout",
            "from_layout"]
 
@@ -116,10 +118,36 @@ def _sequential(m: nn.Sequential, prefix: str) -> Lowered:
     for i in range(len(children) - 1):
         if type(children[i][1]) is nn.ReLU and type(children[i + 1][1]) is nn.MaxPool2d:
             children[i], children[i + 1] = children[i + 1], children[i]
-    parts = [lower(child, f"{prefix}{name}.") for name, child in children]
+    parts, i = [], 0
+    while i < len(children):
+        name, child = children[i]
+        if i + 1 < len(children) and fusable(child, children[i + 1][1]):
+            relu = i + 2 < len(children) and type(children[i + 2][1]) is nn.ReLU
+            n = 3 if relu else 2
+            parts.append(_conv_pool(child, f"{prefix}{name}.", relu,
+                                    [lower(c, f"{prefix}{nm}.") for nm, c in children[i:i + n]]))
+            i += n
+        else:
+            parts.append(lower(child, f"{prefix}{name}."))
+            i += 1
 
     def run(ctx, h):
         for part in parts:
+            h = part(ctx, h)
+        return h
+    return run
+
+
+def _conv_pool(conv: nn.Conv2d, prefix: str, relu: bool, unfused: list) -> Lowered:
+    """``Conv2d -> MaxPool2d(2) [-> ReLU]`` by the compiled kernel of
+    :mod:`sgdbayes.models.convpool` when its input is data on the CPU, else layer by layer."""
+    wn, bn_ = prefix + "weight", (prefix + "bias" if conv.bias is not None else None)
+
+    def run(ctx, h):
+        W = ctx.params[wn]
+        if available(h, W):
+            return ConvPool.apply(h, W, None if bn_ is None else ctx.params[bn_], relu)
+        for part in unfused:
             h = part(ctx, h)
         return h
     return run

@@ -186,6 +186,36 @@ int convpool3_bwd_##SUF(int B, int k, int Cin, int Cout, int H, int W, int relu,
     return 0;                                                                                           \
 }                                                                                                       \
 
+/* The ReLU + global average pool at the end of a CNN: rows of L = H*W values (one channel of
+   one example), out[r] = sum_l relu(h[r, l]) / L (relu keeps NaN, as torch.relu), and the
+   backward dh[r, l] = g[r] / L where h[r, l] passes the ReLU (all but h <= 0, as torch's
+   threshold_backward), else 0. One pass each instead of relu, mean and their two backwards. */
+#define DEFINE_RELU_MEAN(T, SUF)                                                                        \
+CP_CLONES                                                                                               \
+int relu_mean_fwd_##SUF(ptrdiff_t N, int L, const T *h, T *out) {                                       \
+    for (ptrdiff_t r = 0; r < N; r++) {                                                                 \
+        const T *hr = h + r * L;                                                                        \
+        T s = 0;                                                                                        \
+        for (int l = 0; l < L; l++) s += hr[l] < (T)0 ? (T)0 : hr[l];                                   \
+        out[r] = s / (T)L;                                                                              \
+    }                                                                                                   \
+    return 0;                                                                                           \
+}                                                                                                       \
+                                                                                                        \
+CP_CLONES                                                                                               \
+int relu_mean_bwd_##SUF(ptrdiff_t N, int L, const T *h, const T *g, T *dh) {                            \
+    for (ptrdiff_t r = 0; r < N; r++) {                                                                 \
+        const T *hr = h + r * L;                                                                        \
+        T *dr = dh + r * L;                                                                             \
+        const T v = g[r] / (T)L;                                                                        \
+        for (int l = 0; l < L; l++) dr[l] = hr[l] <= (T)0 ? (T)0 : v;                                   \
+    }                                                                                                   \
+    return 0;                                                                                           \
+}
+
+DEFINE_RELU_MEAN(float, f32)
+DEFINE_RELU_MEAN(double, f64)
+
 #if defined(__GNUC__)  /* GCC / Clang vector extensions */
 DEFINE_CONVPOOL(float, int32_t, f32)
 DEFINE_CONVPOOL(double, int64_t, f64)

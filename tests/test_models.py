@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,8 +156,9 @@ def test_fused_conv_pool_model_j_does_not_depend_on_the_models_beside_it():
 
 @_convpool_built
 def test_lowered_convnet_takes_the_fused_first_stage_and_equals_the_layers(monkeypatch):
-    """A lowered ConvNet runs its first conv -> ReLU -> max-pool through the kernel (on data
-    inputs only) and gets the numbers the layers give one by one (float64)."""
+    """A lowered ConvNet runs its first conv -> ReLU -> max-pool (on data inputs) and its final
+    ReLU -> global average pool through the compiled kernels and gets the numbers the layers
+    give one by one (float64)."""
     from sgdbayes.models import ModuleSpec, convpool
     from sgdbayes.models.cnn import ConvNet
 
@@ -163,8 +166,9 @@ def test_lowered_convnet_takes_the_fused_first_stage_and_equals_the_layers(monke
     w, _ = spec.initialize([0, 1, 2], dtype=torch.float64)
     x = torch.randn(3, 5, 1, 8, 8, dtype=torch.float64)
     calls = []
-    apply = convpool.ConvPool.apply
-    monkeypatch.setattr(convpool.ConvPool, "apply", lambda *a: calls.append(1) or apply(*a))
+    for fn in (convpool.ConvPool, convpool.ReluMean):
+        monkeypatch.setattr(fn, "apply", functools.partial(lambda f, name, *a: calls.append(name) or f(*a),
+                                                           fn.apply, fn.__name__))
 
     def run():
         wr = w.clone().requires_grad_(True)
@@ -172,9 +176,28 @@ def test_lowered_convnet_takes_the_fused_first_stage_and_equals_the_layers(monke
         return out, torch.autograd.grad(out.square().sum(), wr)[0]
 
     fused = run()
-    assert calls == [1]
+    assert calls == ["ConvPool", "ReluMean"]
     monkeypatch.setattr(convpool, "_FNS", None)
     layers = run()
-    assert calls == [1]
+    assert calls == ["ConvPool", "ReluMean"]
     for a, b in zip(fused, layers):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@_convpool_built
+def test_fused_relu_global_average_pool_equals_the_layers():
+    """ReLU -> AdaptiveAvgPool2d(1) by the one-pass kernel: the layers' values and input
+    gradient (float64; zeros and NaN at the ReLU's edge as torch.relu / threshold_backward)."""
+    from sgdbayes.models.convpool import ReluMean
+
+    g = torch.Generator().manual_seed(5)
+    h = torch.randint(-2, 3, (4, 6, 3, 5), generator=g).double()
+    h[0, 0, 0, 0] = float("nan")
+    up = torch.randn(4, 6, 1, 1, dtype=torch.float64, generator=g)
+    a_in, b_in = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    a = F.adaptive_avg_pool2d(torch.relu(a_in), 1)
+    b = ReluMean.apply(b_in)
+    torch.testing.assert_close(b, a, rtol=1e-15, atol=0, equal_nan=True)
+    (ga,), (gb,) = torch.autograd.grad((a * up).sum(), a_in), torch.autograd.grad((b * up).sum(), b_in)
+    torch.testing.assert_close(gb, ga, rtol=1e-15, atol=0, equal_nan=True)
+    assert bool((gb == 0).any()) and bool(gb.isnan().sum() == 0)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .convpool import ConvPool, available, fusable
+from .convpool import ConvPool, ReluMean, available, fusable, relu_mean_available
 
 __all__ = ["BatchedContext", "lower", "register_lowering", "dropout_mask", "NotLowerable", "to_layout",
            "from_layout"]
@@ -121,7 +121,10 @@ def _sequential(m: nn.Sequential, prefix: str) -> Lowered:
     parts, i = [], 0
     while i < len(children):
         name, child = children[i]
-        if i + 1 < len(children) and fusable(child, children[i + 1][1]):
+        if i + 1 < len(children) and type(child) is nn.ReLU and _global_avg(children[i + 1][1]):
+            parts.append(_relu_mean([lower(c, f"{prefix}{nm}.") for nm, c in children[i:i + 2]]))
+            i += 2
+        elif i + 1 < len(children) and fusable(child, children[i + 1][1]):
             relu = i + 2 < len(children) and type(children[i + 2][1]) is nn.ReLU
             n = 3 if relu else 2
             parts.append(_conv_pool(child, f"{prefix}{name}.", relu,
@@ -147,6 +150,21 @@ def _conv_pool(conv: nn.Conv2d, prefix: str, relu: bool, unfused: list) -> Lower
         W = ctx.params[wn]
         if available(h, W):
             return ConvPool.apply(h, W, None if bn_ is None else ctx.params[bn_], relu)
+        for part in unfused:
+            h = part(ctx, h)
+        return h
+    return run
+
+
+def _global_avg(m: nn.Module) -> bool:
+    return type(m) is nn.AdaptiveAvgPool2d and m.output_size in (1, (1, 1))
+
+
+def _relu_mean(unfused: list) -> Lowered:
+    """``ReLU -> AdaptiveAvgPool2d(1)`` by the compiled one-pass kernel on the CPU, else layer by layer."""
+    def run(ctx, h):
+        if h.dim() == 4 and relu_mean_available(h):
+            return ReluMean.apply(h)
         for part in unfused:
             h = part(ctx, h)
         return h

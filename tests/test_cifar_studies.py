@@ -151,4 +151,6 @@ def test_train_shards_do_not_change_any_seed(tmp_path):
     pa, pb = a["per_run"], b["per_run"]
     assert list(pa["run"]) == list(pb["run"]) and len(pa) == 6
     for col in ("llc", "alpha", "d_s", "test_acc"):
-        np.testing.assert_allclose(pa[col].to_numpy(float), pb[col].to_numpy(float), rtol=1e-4, equal_nan=True)
+        # atol: a λ̂ near zero (-0.0033) differed by 4e-7 between the two float32 groupings
+        np.testing.assert_allclose(pa[col].to_numpy(float), pb[col].to_numpy(float), rtol=1e-4, atol=1e-5,
+                                   equal_nan=True)

@@ -12,7 +12,10 @@ by two nested ``vmap`` s (groups, then chains) on the potential's own copy of th
 The loss of a row is ``evaluate(module, batch)`` when given (the module with the row's
 tensors swapped in; ``batch`` the minibatch in the data's own form: a tuple or a dict of
 tensors), else ``criterion(module(x), y)``, which must be a *mean* over the batch (default
-mean cross-entropy over every output position, for integer labels). The full-data loss
+mean cross-entropy over every output position, for integer labels). With the default loss, a
+module built from the batched layers of :mod:`sgdbayes.models.lowering` (``Sequential`` of
+convolutions, linear layers, pooling, ...; the built-in CNN and ResNet) runs its rows through
+them instead of the two ``vmap`` s: the same numbers (tested), the ensemble engine's speed. The full-data loss
 (``idx`` None) is the example-weighted mean over consecutive chunks of
 :attr:`ModulePotential.full_chunk` examples (one chunk, i.e. exactly the mean loss, when
 ``n <= full_chunk``).
@@ -52,6 +55,48 @@ class _RowLoss:
         if self.criterion is None:
             return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         return self.criterion(out, y)
+
+
+class _LoweredRows:
+    """Rows of a module built from the batched layers of :mod:`sgdbayes.models.lowering` (the
+    ensemble engine's fast path: a convolution of k rows is one grouped convolution, the first
+    conv -> ReLU -> max-pool of a CNN one compiled kernel), for the default loss (mean
+    cross-entropy over every output position). The module is evaluated as it stands: eval
+    mode, or train mode without batch norm or dropout (whose train behaviour it would change)."""
+
+    def __init__(self, module: nn.Module):
+        from ..models.lowering import lower
+
+        self.run = lower(module)                       # NotLowerable: the vmap path is used
+        self.param_names = [n for n, _ in module.named_parameters()]
+        self.buffer_names = [n for n, _ in module.named_buffers()]
+
+    def losses(self, tensors: Mapping[str, Tensor], x: Tensor, y: Tensor, k: int, shared: bool) -> Tensor:
+        """Losses ``[k]``: ``tensors`` maps ``model.<name>`` to ``[k, ...]`` (every parameter and
+        buffer); ``x [k, B, ...]`` (``shared``: ``[B, ...]`` for every row), ``y`` likewise."""
+        from ..models.executors import per_seed_inputs
+        from ..models.lowering import BatchedContext, from_layout, to_layout
+        from ..models.module import per_model_cross_entropy
+
+        params = {n: tensors[f"model.{n}"] for n in self.param_names}
+        state = {n: tensors[f"model.{n}"] for n in self.buffer_names} or None
+        xk = per_seed_inputs(x, k, shared)
+        out = from_layout(self.run(BatchedContext(k, xk.shape[1], params, state, False, None), to_layout(xk)), k)
+        return per_model_cross_entropy(out, y)
+
+
+def _lowered_rows(module: nn.Module, loss: "_RowLoss") -> Optional[_LoweredRows]:
+    from ..models.lowering import NotLowerable
+
+    if loss.evaluate is not None or loss.criterion is not None:
+        return None
+    if any(m.training for m in module.modules()
+           if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))):
+        return None
+    try:
+        return _LoweredRows(module)
+    except NotLowerable:
+        return None
 
 
 class _Bound(nn.Module):
@@ -108,11 +153,12 @@ class ModulePotential(BasePotential):
     @classmethod
     def of_snapshots(cls, module: nn.Module, names: Sequence[str], shapes: Sequence[tuple],
                      fixed: Sequence[Mapping[str, Tensor]], data: SamplingData,
-                     evaluate: Callable) -> "ModulePotential":
+                     evaluate: Optional[Callable]) -> "ModulePotential":
         """K weight snapshots of one module: rows hold the parameters ``names`` (shapes
         ``shapes``); ``fixed[k]`` maps every other parameter and buffer name to its value at
         snapshot k (the same object in every snapshot when it did not change). ``module`` is
-        evaluated in the mode it is in (the tracker passes an eval-mode copy)."""
+        evaluated in the mode it is in (the tracker passes an eval-mode copy). ``evaluate``
+        None: mean cross-entropy of ``module(x)`` on ``(x, y)``, over every output position."""
         self = cls.__new__(cls)
         if not fixed:
             raise ValueError("of_snapshots needs at least one snapshot")
@@ -144,6 +190,7 @@ class ModulePotential(BasePotential):
                 self._stacked[f"model.{k}"] = torch.stack(vals)
         self.data, self.n = data, data.n
         self.mode = _mode_of(base)
+        self._lowered = _lowered_rows(base, loss)
         bound = self._bound
 
         def f(p, stacked, shared, batch):
@@ -153,6 +200,11 @@ class ModulePotential(BasePotential):
         self._rows_fn = torch.func.vmap(torch.func.vmap(f, in_dims=(0, None, None, 0)), in_dims=(0, 0, None, 0))
         self._full_fn = torch.func.vmap(torch.func.vmap(f, in_dims=(0, None, None, None)),
                                         in_dims=(0, 0, None, None))
+
+    @property
+    def path(self) -> str:
+        """How rows are evaluated: ``"lowered"`` (the batched layers) or ``"vmap"`` (torch.func)."""
+        return "vmap" if self._lowered is None else "lowered"
 
     @property
     def w_star(self) -> Tensor:
@@ -191,16 +243,41 @@ class ModulePotential(BasePotential):
     def _group_losses(self, p: dict, stacked: dict, idx: Optional[Tensor]) -> Tensor:
         """Losses ``[g, c]`` of rows ``p`` (``[g, c, ...]``) of g groups (constants ``stacked``
         ``[g, ...]``), on minibatches ``idx [g, c, B]`` or the full data."""
+        if self._lowered is not None:
+            from ..models.lowering import NotLowerable
+            try:
+                return self._losses(p, stacked, idx, self._lowered_fn(True), self._lowered_fn(False))
+            except NotLowerable:     # a layer that cannot batch these inputs: the vmap path from now on
+                self._lowered = None
+        return self._losses(p, stacked, idx, self._rows_fn, self._full_fn)
+
+    def _losses(self, p, stacked, idx, rows, full) -> Tensor:
         if idx is not None:
-            return self._rows_fn(p, stacked, self._shared, self.data.select(idx))
+            return rows(p, stacked, self._shared, self.data.select(idx))
         total = None
         for chunk, count in self.data.chunks(self.full_chunk):
-            part = self._full_fn(p, stacked, self._shared, chunk)
+            part = full(p, stacked, self._shared, chunk)
             if count == self.n:  # a single chunk: exactly the mean loss
                 return part
             part = part * (count / self.n)
             total = part if total is None else total + part
         return total
+
+    def _lowered_fn(self, per_row: bool) -> Callable:
+        """The lowered counterpart of ``_rows_fn`` (``per_row``: batches ``[g, c, B, ...]``) or
+        ``_full_fn`` (one batch for every row): losses ``[g, c]``."""
+        def f(p, stacked, shared, batch):
+            g, c = next(iter(p.values())).shape[:2]
+            k = g * c
+            tensors = {n: v.reshape(k, *v.shape[2:]) for n, v in p.items()}
+            tensors.update({n: v.unsqueeze(1).expand(g, c, *v.shape[1:]).reshape(k, *v.shape[1:])
+                            for n, v in stacked.items()})
+            tensors.update({n: v.expand(k, *v.shape) for n, v in shared.items()})
+            x, y = batch
+            if per_row:
+                x, y = x.reshape(k, *x.shape[2:]), y.reshape(k, *y.shape[2:])
+            return self._lowered.losses(tensors, x, y, k, shared=not per_row).reshape(g, c)
+        return f
 
     def __call__(self, w: Tensor, idx: Optional[Tensor]) -> Tensor:
         p, r = self._split(w)

@@ -27,10 +27,13 @@ class ModelLoss(Protocol):
 
 
 class CriterionLoss:
-    """``criterion(model(x), y)`` on ``batch = (x, y)`` (default mean cross-entropy)."""
+    """``criterion(model(x), y)`` on ``batch = (x, y)`` (default mean cross-entropy, over every
+    output position for outputs ``[B, ..., C]``; :attr:`default` says it is the default, which
+    the batched potential may then evaluate by its fast layers)."""
 
     def __init__(self, criterion: Optional[Callable[[Tensor, Tensor], Tensor]] = None):
-        self.criterion = criterion if criterion is not None else nn.functional.cross_entropy
+        self.default = criterion is None
+        self.criterion = criterion if criterion is not None else _cross_entropy
 
     def __call__(self, model, batch):
         x, y = batch
@@ -38,6 +41,10 @@ class CriterionLoss:
 
     def prepare(self, model):
         return model.eval()
+
+
+def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
 class OutputLoss:

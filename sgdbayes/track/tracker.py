@@ -49,7 +49,7 @@ from .._validation import check_int
 from ..sampling import LLCConfig, LLCResult, ModulePotential, estimate_llc_potential, sampling_data
 from .grid import TrackGrid
 from .io import check_covariates, check_out_path, column_order, runs_in_file, write_runs
-from .losses import as_model_loss
+from .losses import CriterionLoss, as_model_loss
 
 __all__ = ["Tracker", "snapshot_model_id", "select_params"]
 
@@ -316,7 +316,7 @@ class Tracker:
         def potential(ss):
             fixed = [{n: pool[j] for n, j in s.fixed.items()} for s in ss]
             return ModulePotential.of_snapshots(module, self.names, [tuple(p.shape) for p in self._params], fixed,
-                                                data, self.loss)
+                                                data, None if isinstance(self.loss, CriterionLoss) and self.loss.default else self.loss)
 
         w = torch.stack([s.w for s in snaps]).to(device)
         pot = potential(snaps)

@@ -127,7 +127,7 @@ def _sequential(m: nn.Sequential, prefix: str) -> Lowered:
         if i + 1 < len(children) and type(child) is nn.ReLU and _global_avg(children[i + 1][1]):
             parts.append(_relu_mean([lower(c, f"{prefix}{nm}.") for nm, c in children[i:i + 2]]))
             i += 2
-        elif i + 1 < len(children) and fusable(child, children[i + 1][1]):
+        elif i + 1 < len(children) and fusable(child) and _fast_pool(children[i + 1][1]):
             relu = i + 2 < len(children) and type(children[i + 2][1]) is nn.ReLU
             n = 3 if relu else 2
             parts.append(_conv_pool(child, f"{prefix}{name}.", relu,
@@ -249,6 +249,11 @@ class _MaxPool2x2(torch.autograd.Function):
 def _windows(h: Tensor) -> Tensor:
     B, C, H, W = h.shape
     return h.view(B, C, H // 2, 2, W // 2, 2)
+
+
+def _fast_pool(m: nn.Module) -> bool:
+    """A ``MaxPool2d(2)`` (2x2, stride 2, no padding, no indices returned)."""
+    return type(m) is nn.MaxPool2d and _pool2x2(m) and not m.return_indices
 
 
 def _pool2x2(m: nn.MaxPool2d) -> bool:

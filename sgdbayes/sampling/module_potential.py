@@ -15,8 +15,8 @@ tensors), else ``criterion(module(x), y)``, which must be a *mean* over the batc
 mean cross-entropy over every output position, for integer labels). With the default loss, a
 module built from the batched layers of :mod:`sgdbayes.models.lowering` (``Sequential`` of
 convolutions, linear layers, pooling, ...; the built-in CNN and ResNet) runs its rows through
-them instead of the two ``vmap`` s: the same numbers (tested), the ensemble engine's speed. The full-data loss
-(``idx`` None) is the example-weighted mean over consecutive chunks of
+them instead of the two ``vmap`` s: the same numbers (tested), the ensemble engine's speed.
+The full-data loss (``idx`` None) is the example-weighted mean over consecutive chunks of
 :attr:`ModulePotential.full_chunk` examples (one chunk, i.e. exactly the mean loss, when
 ``n <= full_chunk``).
 
@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.executors import per_seed_inputs
+from ..models.lowering import BatchedContext, NotLowerable, from_layout, lower, to_layout
+from ..models.module import per_model_cross_entropy
 from .data_args import SamplingData
 from .potentials import BasePotential
 
@@ -65,8 +68,6 @@ class _LoweredRows:
     mode, or train mode without batch norm or dropout (whose train behaviour it would change)."""
 
     def __init__(self, module: nn.Module):
-        from ..models.lowering import lower
-
         self.run = lower(module)                       # NotLowerable: the vmap path is used
         self.param_names = [n for n, _ in module.named_parameters()]
         self.buffer_names = [n for n, _ in module.named_buffers()]
@@ -74,10 +75,6 @@ class _LoweredRows:
     def losses(self, tensors: Mapping[str, Tensor], x: Tensor, y: Tensor, k: int, shared: bool) -> Tensor:
         """Losses ``[k]``: ``tensors`` maps ``model.<name>`` to ``[k, ...]`` (every parameter and
         buffer); ``x [k, B, ...]`` (``shared``: ``[B, ...]`` for every row), ``y`` likewise."""
-        from ..models.executors import per_seed_inputs
-        from ..models.lowering import BatchedContext, from_layout, to_layout
-        from ..models.module import per_model_cross_entropy
-
         params = {n: tensors[f"model.{n}"] for n in self.param_names}
         state = {n: tensors[f"model.{n}"] for n in self.buffer_names} or None
         xk = per_seed_inputs(x, k, shared)
@@ -86,8 +83,6 @@ class _LoweredRows:
 
 
 def _lowered_rows(module: nn.Module, loss: "_RowLoss") -> Optional[_LoweredRows]:
-    from ..models.lowering import NotLowerable
-
     if loss.evaluate is not None or loss.criterion is not None:
         return None
     if any(m.training for m in module.modules()
@@ -244,7 +239,6 @@ class ModulePotential(BasePotential):
         """Losses ``[g, c]`` of rows ``p`` (``[g, c, ...]``) of g groups (constants ``stacked``
         ``[g, ...]``), on minibatches ``idx [g, c, B]`` or the full data."""
         if self._lowered is not None:
-            from ..models.lowering import NotLowerable
             try:
                 return self._losses(p, stacked, idx, self._lowered_fn(True), self._lowered_fn(False))
             except NotLowerable:     # a layer that cannot batch these inputs: the vmap path from now on
